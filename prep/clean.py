@@ -1,0 +1,141 @@
+"""Cleaning steps: each a pure function over records returning kept + rejected-with-reason.
+
+Steps, in pipeline order: ``normalise`` -> ``validate`` -> ``scrub`` ->
+``crisis_rule``. Each returns a :class:`StepResult`; none mutates its input.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from prep.pii import scrub_pii
+from prep.records import Conversation, Rejected, Turn
+from prep.safety import detect_crisis, refers_to_help
+
+
+@dataclass
+class StepResult:
+    """What one cleaning step kept, what it rejected, and what it counted."""
+
+    kept: list[Conversation]
+    rejected: list[Rejected] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Length limits in characters (token limits come with the tokenizer, later)."""
+
+    max_turn_chars: int = 4000
+    max_total_chars: int = 12000
+    min_answer_chars: int = 2
+
+
+# Full-width punctuation that Chinese text uses on purpose: NFKC would turn it into ASCII.
+_KEEP_FULLWIDTH = {chr(c) for c in range(0xFF01, 0xFF5F)} - {chr(c) for c in range(0xFF10, 0xFF1A)} - {
+    chr(c) for c in range(0xFF21, 0xFF3B)} - {chr(c) for c in range(0xFF41, 0xFF5B)}
+_ZERO_WIDTH = re.compile(r"[\u200b-\u200f\u2060\ufeff]")
+_LEFTOVER_TAGS = re.compile(r"</?s>|<\|(?:begin_of_text|end_of_text|eot_id|start_header_id|end_header_id|im_start|im_end)\|>|\[/?INST\]")
+_ROLE_PREFIX = re.compile(r"^\s*(?:\*\*|__)?(?:Assistant|Human|回答|答|回复|问题|问|A|Q)(?:\*\*|__)?\s*[:：]\s*(?:\*\*|__)?\s*", re.IGNORECASE)
+_AI_DISCLAIMER = re.compile(
+    r"(?:作为|身为)(?:一[个名位])?(?:AI语言模型|AI助手|人工智能(?:语言)?(?:模型|助手)|语言模型|人工智能|AI)[，,]?"
+    r"|As an AI(?: language model)?,?\s*",
+    re.IGNORECASE,
+)
+_REPEATED_CHAR = re.compile(r"(.)\1{29,}", re.DOTALL)
+_REPEATED_CHUNK = re.compile(r"(.{2,10}?)\1{14,}", re.DOTALL)
+
+
+def normalise_text(text: str) -> str:
+    """NFKC except Chinese full-width punctuation, no zero-width characters, tidy whitespace, no artefacts."""
+    text = "".join(ch if ch in _KEEP_FULLWIDTH else unicodedata.normalize("NFKC", ch) for ch in text)
+    text = _ZERO_WIDTH.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _LEFTOVER_TAGS.sub("", text)
+    text = _AI_DISCLAIMER.sub("", text)
+    text = _ROLE_PREFIX.sub("", text)
+    lines = [re.sub(r"[ \t\u3000]+", " ", line).strip() for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def normalise(records: list[Conversation]) -> StepResult:
+    """Normalise every turn and the system prompt."""
+    kept = [
+        replace(
+            rec,
+            turns=[Turn(t.role, normalise_text(t.content)) for t in rec.turns],
+            system=normalise_text(rec.system) if rec.system else rec.system,
+        )
+        for rec in records
+    ]
+    return StepResult(kept)
+
+
+def _problem(rec: Conversation, limits: Limits) -> tuple[str, str] | None:
+    if not rec.turns:
+        return "empty", "no turns"
+    if any(not t.content for t in rec.turns):
+        return "empty_turn", "a turn has no text"
+    expected = ["user", "assistant"] * (len(rec.turns) // 2 + 1)
+    if [t.role for t in rec.turns] != expected[: len(rec.turns)] or rec.turns[-1].role != "assistant":
+        return "bad_roles", "roles must alternate user/assistant and end on the assistant"
+    if len(rec.final_answer) < limits.min_answer_chars:
+        return "too_short", f"answer under {limits.min_answer_chars} characters"
+    longest = max(len(t.content) for t in rec.turns)
+    if longest > limits.max_turn_chars:
+        return "too_long", f"a turn has {longest} characters (limit {limits.max_turn_chars})"
+    total = sum(len(t.content) for t in rec.turns)
+    if total > limits.max_total_chars:
+        return "too_long", f"{total} characters in all (limit {limits.max_total_chars})"
+    for turn in rec.turns:
+        if _REPEATED_CHAR.search(turn.content) or _REPEATED_CHUNK.search(turn.content):
+            return "repetition", "the same characters repeated many times"
+    return None
+
+
+def validate(records: list[Conversation], limits: Limits = Limits()) -> StepResult:
+    """Reject empty, badly ordered, over-long and repetitive conversations."""
+    result = StepResult([])
+    for rec in records:
+        problem = _problem(rec, limits)
+        if problem:
+            result.rejected.append(Rejected(problem[0], rec.provenance, detail=problem[1], raw=rec.first_question[:500]))
+        else:
+            result.kept.append(rec)
+    return result
+
+
+def scrub(records: list[Conversation]) -> StepResult:
+    """Replace personal data with placeholders, counting each kind."""
+    result = StepResult([])
+    for rec in records:
+        turns = []
+        for turn in rec.turns:
+            text, counts = scrub_pii(turn.content)
+            result.counts.update(counts)
+            turns.append(Turn(turn.role, text))
+        result.kept.append(replace(rec, turns=turns))
+    return result
+
+
+def crisis_rule(records: list[Conversation]) -> StepResult:
+    """Keep a crisis conversation only if every answer after a crisis message refers to help."""
+    result = StepResult([])
+    for rec in records:
+        unsafe = any(
+            turn.role == "user"
+            and detect_crisis(turn.content).crisis
+            and index + 1 < len(rec.turns)
+            and not refers_to_help(rec.turns[index + 1].content)
+            for index, turn in enumerate(rec.turns)
+        )
+        if unsafe:
+            result.rejected.append(
+                Rejected("crisis_without_referral", rec.provenance, detail="a crisis message is answered without a referral", raw=rec.first_question[:500])
+            )
+        else:
+            result.counts["crisis"] += any(detect_crisis(t.content).crisis for t in rec.turns if t.role == "user")
+            result.kept.append(rec)
+    return result

@@ -1,0 +1,50 @@
+"""Readers: one per input shape, each yielding canonical records.
+
+``read_path`` picks the reader from the extension (and, for JSON, the content)
+and walks directories. Every reader yields :class:`~prep.records.Conversation`
+or :class:`~prep.records.Rejected` items, one per input row, so the caller can
+account for every row; a file that cannot be read at all raises
+:class:`~prep.errors.PrepError` with one clear sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from prep.errors import PrepError
+from prep.readers.jsonfile import read_json, read_jsonl
+from prep.readers.table import read_table
+from prep.readers.text import read_text
+from prep.records import Conversation, Rejected
+
+READERS = {
+    ".csv": read_table,
+    ".tsv": read_table,
+    ".xlsx": read_table,
+    ".xls": read_table,
+    ".json": read_json,
+    ".jsonl": read_jsonl,
+    ".txt": read_text,
+}
+
+
+def supported_files(path: Path) -> list[Path]:
+    """The input files behind ``path``: the file itself, or every supported file in a folder."""
+    path = Path(path)
+    if not path.exists():
+        raise PrepError(f"{path}: no such file or folder.")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS)
+        if not files:
+            raise PrepError(f"{path}: folder holds no supported file (expected {', '.join(sorted(READERS))}).")
+        return files
+    if path.suffix.lower() not in READERS:
+        raise PrepError(f"{path}: unsupported file type '{path.suffix}' (expected {', '.join(sorted(READERS))}).")
+    return [path]
+
+
+def read_path(path: Path, origin: str = "labelled") -> Iterator[Conversation | Rejected]:
+    """Yield records from a file or folder."""
+    for file in supported_files(path):
+        yield from READERS[file.suffix.lower()](file, origin=origin)

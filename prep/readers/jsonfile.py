@@ -1,0 +1,117 @@
+"""Reader for JSON and JSONL in alpaca, sharegpt and OpenAI-messages shapes.
+
+The shape is detected per item. A corrupt ``.json`` file is an error naming the
+line and column; a malformed line in a ``.jsonl`` file is a rejected row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from prep.errors import PrepError
+from prep.readers.decode import read_text_file
+from prep.records import Conversation, Provenance, Rejected, Turn
+
+USER_ROLES = {"human", "user", "用户", "来访者"}
+ASSISTANT_ROLES = {"gpt", "assistant", "bot", "model", "chatgpt", "助手", "咨询师"}
+SYSTEM_ROLES = {"system", "系统"}
+
+
+class ShapeError(ValueError):
+    """An item that is not alpaca, sharegpt or OpenAI messages."""
+
+
+def _role(name: object) -> str:
+    role = str(name).strip().lower()
+    if role in USER_ROLES:
+        return "user"
+    if role in ASSISTANT_ROLES:
+        return "assistant"
+    if role in SYSTEM_ROLES:
+        return "system"
+    raise ShapeError(f"unknown role '{name}'")
+
+
+def _from_messages(messages: list, role_key: str, content_key: str) -> tuple[list[Turn], str | None]:
+    turns, system = [], None
+    for message in messages:
+        if not isinstance(message, dict):
+            raise ShapeError("a message is not an object")
+        role = _role(message.get(role_key))
+        content = str(message.get(content_key) or "").strip()
+        if role == "system":
+            system = content or None
+        else:
+            turns.append(Turn(role, content))
+    return turns, system
+
+
+def item_to_conversation(item: object, provenance: Provenance) -> Conversation:
+    """Convert one alpaca / sharegpt / OpenAI-messages item into a conversation."""
+    if not isinstance(item, dict):
+        raise ShapeError("item is not a JSON object")
+    system = item.get("system") or None
+    if isinstance(item.get("conversations"), list):
+        turns, inner_system = _from_messages(item["conversations"], "from", "value")
+    elif isinstance(item.get("messages"), list):
+        turns, inner_system = _from_messages(item["messages"], "role", "content")
+    elif "instruction" in item or "output" in item:
+        turns, inner_system = [], None
+        for pair in item.get("history") or []:
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise ShapeError("history is not a list of [question, answer] pairs")
+            turns += [Turn("user", str(pair[0]).strip()), Turn("assistant", str(pair[1]).strip())]
+        question = "\n".join(str(item.get(key) or "").strip() for key in ("instruction", "input")).strip()
+        turns += [Turn("user", question), Turn("assistant", str(item.get("output") or "").strip())]
+    else:
+        raise ShapeError("expected alpaca (instruction/output), sharegpt (conversations) or OpenAI (messages) keys")
+    return Conversation(
+        turns,
+        provenance,
+        system=inner_system or (str(system).strip() if system else None),
+        category=item.get("category") or None,
+        record_id=str(item["id"]) if item.get("id") is not None else None,
+    )
+
+
+def _records(items: list, path: Path, unit: str, origin: str) -> Iterator[Conversation | Rejected]:
+    for index, item in enumerate(items, start=1):
+        provenance = Provenance(str(path), f"{unit} {index}", origin=origin)
+        try:
+            yield item_to_conversation(item, provenance)
+        except ShapeError as err:
+            yield Rejected("unknown_shape", provenance, detail=str(err), raw=json.dumps(item, ensure_ascii=False)[:2000])
+
+
+def read_json(path: Path, origin: str = "labelled") -> Iterator[Conversation | Rejected]:
+    """Yield records from a JSON array (or an object holding one under ``data``)."""
+    text = read_text_file(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PrepError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno} ({err.msg}); expected a JSON array of records.") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise PrepError(f"{path}: top-level JSON is a {type(data).__name__}; expected an array of records.")
+    yield from _records(data, path, "item", origin)
+
+
+def read_jsonl(path: Path, origin: str = "labelled") -> Iterator[Conversation | Rejected]:
+    """Yield records from JSON Lines; a malformed line is a rejected row, not a crash."""
+    text = read_text_file(path)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        provenance = Provenance(str(path), f"line {number}", origin=origin)
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield Rejected("malformed_json", provenance, detail=err.msg, raw=line[:2000])
+            continue
+        try:
+            yield item_to_conversation(item, provenance)
+        except ShapeError as err:
+            yield Rejected("unknown_shape", provenance, detail=str(err), raw=line[:2000])

@@ -1,0 +1,87 @@
+"""Reader for tables: CSV, TSV, XLSX, XLS, with column aliases and encoding detection.
+
+A row becomes one conversation from its question/answer columns, or from a
+``text`` column in the ``<s>Human:`` format (one cell = one conversation,
+possibly multi-turn).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from prep.errors import PrepError
+from prep.readers.decode import read_text_file
+from prep.records import Conversation, Provenance, Rejected, Turn
+from prep.textformat import parse_text
+
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "question": ("question", "instruction", "human", "prompt", "query", "问题", "提问", "用户"),
+    "input": ("input", "输入"),
+    "answer": ("answer", "output", "assistant", "response", "回答", "回复", "答案"),
+    "text": ("text", "文本"),
+    "system": ("system", "系统提示"),
+    "category": ("category", "类别", "分类", "主题"),
+    "annotator": ("annotator", "标注人", "标注员"),
+    "id": ("id", "编号"),
+}
+
+
+def _load_frame(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix in (".xlsx", ".xls"):
+        try:
+            return pd.read_excel(path, dtype=str, keep_default_na=False, engine="openpyxl" if suffix == ".xlsx" else "xlrd")
+        except Exception as err:  # openpyxl/xlrd raise many types for a non-workbook
+            raise PrepError(f"{path}: not a readable {suffix[1:].upper()} workbook ({type(err).__name__}); expected an Excel file saved by Excel or LibreOffice.") from None
+    text = read_text_file(path)
+    try:
+        return pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as err:
+        raise PrepError(f"{path}: malformed {suffix[1:].upper()} ({err}).") from None
+    except pd.errors.EmptyDataError:
+        raise PrepError(f"{path}: the file is empty; expected a header row with question and answer columns.") from None
+
+
+def _resolve_columns(path: Path, frame: pd.DataFrame) -> dict[str, str]:
+    by_lower = {str(col).strip().lower(): col for col in frame.columns}
+    found = {}
+    for canonical, aliases in COLUMN_ALIASES.items():
+        for alias in aliases:
+            if alias in by_lower:
+                found[canonical] = by_lower[alias]
+                break
+    if not ({"question", "answer"} <= found.keys() or "text" in found):
+        columns = ", ".join(map(str, frame.columns)) or "none"
+        raise PrepError(
+            f"{path}: no question/answer columns (found: {columns}); expected question/instruction/问题 "
+            "and answer/output/回答 columns, or a text column in the <s>Human: format."
+        )
+    return found
+
+
+def read_table(path: Path, origin: str = "labelled") -> Iterator[Conversation | Rejected]:
+    """Yield one record per data row (row numbers as a spreadsheet shows them, header = row 1)."""
+    frame = _load_frame(path)
+    columns = _resolve_columns(path, frame)
+    for index, row in enumerate(frame.to_dict("records"), start=2):
+        cell = {key: str(row[col]).strip() for key, col in columns.items()}
+        provenance = Provenance(str(path), f"row {index}", origin=origin, annotator=cell.get("annotator") or None)
+        extra = {"category": cell.get("category") or None, "record_id": cell.get("id") or None}
+        if "question" in cell and (cell["question"] or cell.get("answer")):
+            question = cell["question"]
+            if cell.get("input"):
+                question = f"{question}\n{cell['input']}"
+            turns = [Turn("user", question), Turn("assistant", cell.get("answer", ""))]
+            yield Conversation(turns, provenance, system=cell.get("system") or None, **extra)
+            continue
+        parsed = parse_text(cell.get("text", ""), one_conversation=True)
+        if not parsed:
+            yield Rejected("empty_row", provenance)
+        elif parsed[0].error:
+            yield Rejected(parsed[0].error, provenance, raw=parsed[0].raw)
+        else:
+            yield Conversation(parsed[0].turns, provenance, system=parsed[0].system or cell.get("system") or None, **extra)

@@ -1,0 +1,124 @@
+"""A tiny, randomly initialised Llama with a Llama-3-style tokenizer, for CPU runs and tests.
+
+The tokenizer is a byte-level BPE trained on the bundled data; it carries
+Llama-3's special tokens and chat template, so ``template: llama3`` in
+LLaMA-Factory and the ``<|eot_id|>`` stop token behave exactly as with
+Meta-Llama-3-8B-Instruct. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from prep.errors import PrepError
+from prep.readers import read_path
+from prep.records import Conversation
+
+SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|finetune_right_pad_id|>",
+]
+
+# Meta-Llama-3-8B-Instruct's chat template, verbatim.
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def corpus_from_inputs(inputs: Iterable[Path]) -> list[str]:
+    """Texts to train the tokenizer on: every turn and system prompt of the inputs."""
+    texts: list[str] = []
+    for path in inputs:
+        for item in read_path(Path(path)):
+            if isinstance(item, Conversation):
+                texts.extend(t.content for t in item.turns)
+                if item.system:
+                    texts.append(item.system)
+    return texts
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer with Llama-3 special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts + ["system user assistant\n\n"], trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+        clean_up_tokenization_spaces=False,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    fast.chat_template = LLAMA3_CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(out_dir: Path, inputs: list[Path], vocab_size: int = 3000, hidden_size: int = 64,
+                     layers: int = 2, heads: int = 4, kv_heads: int = 2, seed: int = 0,
+                     initializer_range: float = 0.1) -> Path:
+    """Write a tiny Llama (safetensors), its tokenizer and generation config to ``out_dir``.
+
+    ``initializer_range`` is larger than Llama's 0.02 on purpose: with a frozen random
+    ``lm_head`` that small, LoRA could never make the logits sharp enough to learn anything.
+    """
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    texts = corpus_from_inputs(inputs)
+    if not texts:
+        raise PrepError("no text found in the inputs to train the tiny tokenizer on.")
+    tokenizer = train_tokenizer(texts, vocab_size)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=2048,
+        rope_theta=500000.0,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|begin_of_text|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|eot_id|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|finetune_right_pad_id|>"),
+        tie_word_embeddings=False,
+        initializer_range=initializer_range,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=[tokenizer.convert_tokens_to_ids("<|eot_id|>"), tokenizer.convert_tokens_to_ids("<|end_of_text|>")],
+        pad_token_id=config.pad_token_id,
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "tiny_model.json").write_text(
+        json.dumps({"built_by": "prep tiny-model", "inputs": [str(p) for p in inputs], "vocab_size": len(tokenizer),
+                    "hidden_size": hidden_size, "layers": layers}, ensure_ascii=False, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    return out_dir
