@@ -19,7 +19,11 @@ _BINARY_MAGIC = {
 
 
 def read_text_file(path: Path) -> str:
-    """Decode a text file: UTF-8 (with or without BOM) first, then GB18030, then detection."""
+    """Decode a text file (UTF-8 with or without BOM, then GB18030, then detection); CRLF becomes LF."""
+    return _detect(path).replace("\r\n", "\n")
+
+
+def _detect(path: Path) -> str:
     data = Path(path).read_bytes()
     for magic, what in _BINARY_MAGIC.items():
         if data.startswith(magic):

@@ -1,0 +1,128 @@
+"""prep build end to end on real files: accounting, outputs, registry, split, errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, tool_env, write_csv
+from prep.build import BuildOptions, build
+from prep.dedup import DedupConfig, dedup
+from prep.errors import PrepError
+from prep.records import Conversation, Provenance, Turn
+
+REFERRAL = "请马上联系全国心理援助热线 12356。"
+
+
+def assert_accounting(report):
+    assert report["rows_in"] == report["kept"] + report["duplicates"] + report["rejected"]
+    assert report["kept"] == report["train"] + report["test"]
+
+
+def messy_inputs(tmp_path):
+    rows = [
+        ("我最近总是失眠，怎么办？", "先规律作息，睡前放下手机。", "失眠"),
+        ("我最近总是失眠，怎么办？", "先规律作息，睡前放下手机。", "失眠"),  # exact duplicate
+        ("我最近总是失眠，怎么办啊？", "试试放松训练。", "失眠"),  # near duplicate of row 2
+        ("我和同事相处不好，我的电话是13812345678", "可以先从一次真诚的沟通开始。", "人际"),  # PII
+        ("我不想活了", "多出去走走就好了。", "危机干预"),  # crisis without referral
+        ("我不想活了，真的撑不下去", "我很担心你。" + REFERRAL, "危机干预"),  # crisis with referral
+        ("只有问题没有回答", "", "焦虑"),  # empty turn
+        ("复读机", "哈" * 200, "其他"),  # repetition
+        ("作为学生，我总是拖延", "作为一个AI语言模型，我理解你的感受。拖延常常和害怕失败有关。", "学业"),
+    ]
+    csv_path = write_csv(tmp_path / "in" / "labelled.csv", rows) if (tmp_path / "in").mkdir() is None else None
+    jsonl = tmp_path / "in" / "extra.jsonl"
+    jsonl.write_text(json.dumps({"instruction": "我很自卑", "output": "你已经很努力了。"}, ensure_ascii=False) + "\n{broken\n", encoding="utf-8")
+    return [csv_path, jsonl]
+
+
+def test_build_accounts_for_every_row_and_writes_everything(tmp_path):
+    report = build(messy_inputs(tmp_path), BuildOptions(name="t", dataset_dir=tmp_path, test_size=0.0))
+    assert_accounting(report)
+    assert (report["rows_in"], report["kept"], report["duplicates"], report["rejected"]) == (11, 5, 2, 4)
+    assert report["rejected_by_reason"] == {"malformed_json": 1, "empty_turn": 1, "repetition": 1, "crisis_without_referral": 1}
+    assert report["duplicates_by_kind"] == {"exact_duplicate": 1, "near_duplicate": 1}
+    assert report["pii_replaced"] == {"mobile": 1}
+
+    data = tmp_path / "data"
+    train = json.loads((data / "t_alpaca.json").read_text(encoding="utf-8"))
+    outputs = {item["instruction"]: item["output"] for item in train}
+    assert "我和同事相处不好，我的电话是[手机号]" in outputs
+    assert outputs["作为学生，我总是拖延"] == "我理解你的感受。拖延常常和害怕失败有关。"
+    assert all(item["system"] and item["input"] == "" and item["history"] == [] for item in train)
+    sharegpt = json.loads((data / "t_sharegpt.json").read_text(encoding="utf-8"))
+    assert len(sharegpt) == len(train) and sharegpt[0]["conversations"][0]["from"] == "human"
+
+    rejected = [json.loads(line) for line in (data / "t_rejected.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rejected) == report["duplicates"] + report["rejected"]
+    assert {"reason", "provenance"} <= rejected[0].keys()
+    crisis = next(r for r in rejected if r["reason"] == "crisis_without_referral")
+    assert crisis["provenance"]["location"] == "row 6" and crisis["provenance"]["source"].endswith("labelled.csv")
+    assert json.loads((data / "t_report.json").read_text(encoding="utf-8"))["rows_in"] == 11
+    assert "rows_in 11 = kept 5 + duplicates 2 + rejected 4" in (data / "t_report.md").read_text(encoding="utf-8")
+
+
+def test_registry_has_full_mappings_and_keeps_other_entries(tmp_path):
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"mine": {"file_name": "mine.json"}}), encoding="utf-8")
+    report = build(messy_inputs(tmp_path), BuildOptions(name="t", dataset_dir=tmp_path))
+    assert_accounting(report)
+    registry = json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
+    assert registry["mine"] == {"file_name": "mine.json"}
+    assert set(registry) == {"mine", "t_alpaca", "t_sharegpt", "t_test"}
+    assert registry["t_alpaca"]["columns"] == {"prompt": "instruction", "query": "input", "response": "output", "system": "system", "history": "history"}
+
+    from llamafactory.data.parser import get_dataset_list
+
+    alpaca, sharegpt, test = get_dataset_list(["t_alpaca", "t_sharegpt", "t_test"], str(tmp_path))
+    assert (alpaca.prompt, alpaca.query, alpaca.response, alpaca.system, alpaca.history) == ("instruction", "input", "output", "system", "history")
+    assert (sharegpt.messages, sharegpt.system, sharegpt.user_tag, sharegpt.assistant_tag) == ("conversations", "system", "human", "gpt")
+    assert test.formatting == "alpaca"
+
+
+def test_corrupt_registry_stops_before_anything_is_written(tmp_path):
+    (tmp_path / "dataset_info.json").write_text('{"mine": ', encoding="utf-8")
+    with pytest.raises(PrepError, match="not valid JSON"):
+        build(messy_inputs(tmp_path), BuildOptions(name="t", dataset_dir=tmp_path))
+    assert (tmp_path / "dataset_info.json").read_text(encoding="utf-8") == '{"mine": '
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", "有中文"])
+def test_bad_names_are_refused(tmp_path, name):
+    with pytest.raises(PrepError, match="--name"):
+        build(messy_inputs(tmp_path), BuildOptions(name=name, dataset_dir=tmp_path))
+
+
+def test_split_is_deterministic_and_disjoint(tmp_path):
+    rows = [(f"第{i}个问题：关于{topic}的困扰{i * 7919 % 1000}", f"回答{i}", topic) for i, topic in enumerate(["失眠", "焦虑", "人际", "学业"] * 25)]
+    inputs = [write_csv(tmp_path / "many.csv", rows)]
+    first = build(inputs, BuildOptions(name="a", dataset_dir=tmp_path / "one", test_size=0.2, dedup=DedupConfig(near=False)))
+    second = build(inputs, BuildOptions(name="a", dataset_dir=tmp_path / "two", test_size=0.2, dedup=DedupConfig(near=False)))
+    assert_accounting(first)
+    read = lambda d, f: json.loads((tmp_path / d / "data" / f).read_text(encoding="utf-8"))
+    assert read("one", "a_test.json") == read("two", "a_test.json") and read("one", "a_alpaca.json") == read("two", "a_alpaca.json")
+    train_q = {x["instruction"] for x in read("one", "a_alpaca.json")}
+    test_q = {x["instruction"] for x in read("one", "a_test.json")}
+    assert not train_q & test_q and len(train_q) + len(test_q) == 100
+    assert 8 <= len(test_q) <= 35
+
+
+def test_hand_labelled_row_wins_over_distilled_duplicate():
+    def rec(origin, answer):
+        return Conversation([Turn("user", "我最近总是失眠怎么办"), Turn("assistant", answer)], Provenance("f", "row 1", origin=origin))
+
+    kept, duplicates = dedup([rec("distilled", "蒸馏的回答"), rec("labelled", "人工的回答")])
+    assert [r.final_answer for r in kept] == ["人工的回答"]
+    assert duplicates[0].provenance.origin == "distilled" and duplicates[0].reason == "near_duplicate"
+
+
+def test_cli_bad_input_is_one_sentence_and_nonzero_exit(tmp_path):
+    bad = tmp_path / "photo.csv"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
+    result = subprocess.run([sys.executable, "-m", "prep.cli", "build", str(bad), "--name", "x", "--dataset-dir", str(tmp_path)],
+                            capture_output=True, text=True, env=tool_env(), cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {bad}: this is a PNG image, not a text file; expected UTF-8 or GBK text."]
+    assert "Traceback" not in result.stderr and not (tmp_path / "dataset_info.json").exists()

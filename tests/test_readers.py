@@ -1,0 +1,101 @@
+"""Every input shape, read from real files written in the test, and every unreadable-file error."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import write_csv
+from prep.errors import PrepError
+from prep.readers import read_path
+from prep.records import Conversation, Rejected, Turn
+
+ROWS = [("我最近总是失眠", "先规律作息，睡前放下手机。", "失眠"), ("考试前很焦虑，怎么办", "深呼吸，\n慢慢来。", "焦虑")]
+
+
+def conversations(path):
+    return [item for item in read_path(path) if isinstance(item, Conversation)]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gbk", "gb18030"])
+def test_csv_in_each_encoding_reads_the_same(tmp_path, encoding):
+    path = write_csv(tmp_path / "qa.csv", ROWS, encoding=encoding)
+    records = conversations(path)
+    assert [r.turns for r in records] == [[Turn("user", q), Turn("assistant", a)] for q, a, _ in ROWS]
+    assert [r.category for r in records] == ["失眠", "焦虑"]
+    assert records[1].provenance.location == "row 3"
+
+
+def test_tsv_with_crlf_quoted_multiline_and_chinese_headers(tmp_path):
+    path = tmp_path / "qa.tsv"
+    path.write_bytes('问题\t回答\t标注人\r\n"第一行\r\n第二行"\t回答一\t张三\r\n问题二\t回答二\t李四\r\n'.encode("utf-8"))
+    records = conversations(path)
+    assert records[0].first_question == "第一行\n第二行"
+    assert records[1].final_answer == "回答二" and records[1].provenance.annotator == "李四"
+
+
+def test_real_xlsx_with_instruction_output_columns(tmp_path):
+    path = tmp_path / "labelled.xlsx"
+    pd.DataFrame({"instruction": ["我很自卑"], "input": ["总觉得别人比我强"], "output": ["你愿意说出来就很勇敢。"]}).to_excel(path, index=False)
+    [record] = conversations(path)
+    assert record.first_question == "我很自卑\n总觉得别人比我强" and record.final_answer == "你愿意说出来就很勇敢。"
+
+
+def test_text_column_holds_one_multi_turn_conversation(tmp_path):
+    cell = "<s>Human: 你好\n</s><s>Assistant: 你好呀\n</s><s>Human: 我很难过\n</s><s>Assistant: 我在听\n</s>"
+    path = write_csv(tmp_path / "sft.csv", [(cell,)], header="text")
+    [record] = conversations(path)
+    assert [t.role for t in record.turns] == ["user", "assistant", "user", "assistant"]
+
+
+def test_json_shapes_alpaca_sharegpt_openai(tmp_path):
+    items = [
+        {"instruction": "问题一", "input": "", "output": "回答一", "history": [["早", "早上好"]]},
+        {"conversations": [{"from": "human", "value": "问题二"}, {"from": "gpt", "value": "回答二"}], "system": "系统"},
+        {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "问题三"}, {"role": "assistant", "content": "回答三"}]},
+    ]
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+    records = conversations(path)
+    assert [t.content for t in records[0].turns] == ["早", "早上好", "问题一", "回答一"]
+    assert records[1].system == "系统" and records[1].final_answer == "回答二"
+    assert records[2].system == "S" and records[2].first_question == "问题三"
+
+
+def test_broken_jsonl_line_is_a_rejected_row(tmp_path):
+    path = tmp_path / "data.jsonl"
+    good = json.dumps({"instruction": "问", "output": "答"}, ensure_ascii=False)
+    path.write_text(f"{good}\n{{\"instruction\": \"坏的\n{good}\n[1, 2]\n", encoding="utf-8")
+    items = list(read_path(path))
+    assert [type(i).__name__ for i in items] == ["Conversation", "Rejected", "Conversation", "Rejected"]
+    assert items[1].reason == "malformed_json" and items[1].provenance.location == "line 2"
+    assert items[3].reason == "unknown_shape"
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("cut.json", '[{"instruction": "问", "output": "答"}, {"instruction": "问', "invalid JSON at line 1"),
+        ("image.xlsx", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "not a readable XLSX workbook"),
+        ("image.csv", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "PNG image, not a text file"),
+        ("cols.csv", "name,age\n张三,3\n", "no question/answer columns (found: name, age)"),
+        ("empty.csv", "", "the file is empty"),
+        ("obj.json", '{"a": 1}', "expected an array of records"),
+        ("notes.md", "hello", "unsupported file type"),
+    ],
+)
+def test_unreadable_files_raise_one_clear_sentence(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    with pytest.raises(PrepError) as info:
+        list(read_path(path))
+    assert expected in str(info.value) and str(path) in str(info.value)
+
+
+def test_folder_reads_every_supported_file(tmp_path):
+    write_csv(tmp_path / "a.csv", ROWS[:1])
+    (tmp_path / "b.txt").write_text("<s>Human: 问\n</s><s>Assistant: 答\n</s>", encoding="utf-8")
+    (tmp_path / "ignored.md").write_text("not data", encoding="utf-8")
+    items = list(read_path(tmp_path))
+    assert len(items) == 2 and all(isinstance(i, Conversation) for i in items)
+    assert not any(isinstance(i, Rejected) for i in items)

@@ -1,0 +1,38 @@
+"""The crisis detector, the referral check and the PII scrubber on known cases."""
+
+import pytest
+
+from prep.pii import scrub_pii
+from prep.safety import detect_crisis, ensure_referral, refers_to_help
+
+
+@pytest.mark.parametrize("text", ["我不想活了", "活着没意思，想一了百了", "我又用刀划自己了", "I want to kill myself", "我把安眠药攒起来了"])
+def test_crisis_messages_fire(text):
+    assert detect_crisis(text).crisis
+
+
+@pytest.mark.parametrize("text", ["今天加班累死了", "笑死我了这个视频", "好久不见，想死你了", "最近死磕论文，难死了", "新闻里说有人跳楼了", "电脑又死机了"])
+def test_confounders_do_not_fire(text):
+    assert not detect_crisis(text).crisis
+
+
+def test_guard_adds_hotlines_once():
+    reply, added = ensure_referral("我很担心你。")
+    assert added and "12356" in reply and "400-161-9995" in reply and "120" in reply
+    again, added_again = ensure_referral(reply)
+    assert again == reply and not added_again
+
+
+def test_referral_detection():
+    assert refers_to_help("请拨打全国心理援助热线 12356")
+    assert refers_to_help("建议你尽快寻求专业的心理咨询")
+    assert not refers_to_help("多喝热水，早点休息")
+
+
+def test_pii_scrubbed_and_counted_but_hotline_kept():
+    text = "我电话13812345678，邮箱a.b@qq.com，身份证11010519491231002X，卡号6222021234567890128，热线400-161-9995，订单号1234567890123456"
+    scrubbed, counts = scrub_pii(text)
+    assert "13812345678" not in scrubbed and "a.b@qq.com" not in scrubbed and "11010519491231002X" not in scrubbed
+    assert "6222021234567890128" not in scrubbed
+    assert "400-161-9995" in scrubbed and "1234567890123456" in scrubbed  # no Luhn: not a card
+    assert counts == {"mobile": 1, "email": 1, "id_card": 1, "bank_card": 1}
