@@ -49,9 +49,21 @@ _REPEATED_CHAR = re.compile(r"(.)\1{29,}", re.DOTALL)
 _REPEATED_CHUNK = re.compile(r"(.{2,10}?)\1{14,}", re.DOTALL)
 
 
+# Full-width punctuation is parked in the Private Use Area while NFKC runs, then put back.
+_PARK = {ord(ch): 0xF0000 + ord(ch) for ch in _KEEP_FULLWIDTH}
+_UNPARK = {v: k for k, v in _PARK.items()}
+
+
+def nfkc_keep_chinese_punctuation(text: str) -> str:
+    """NFKC (full-width letters and digits, compatibility forms) that leaves ，！？：（） alone."""
+    if unicodedata.is_normalized("NFKC", text):
+        return text
+    return unicodedata.normalize("NFKC", text.translate(_PARK)).translate(_UNPARK)
+
+
 def normalise_text(text: str) -> str:
     """NFKC except Chinese full-width punctuation, no zero-width characters, tidy whitespace, no artefacts."""
-    text = "".join(ch if ch in _KEEP_FULLWIDTH else unicodedata.normalize("NFKC", ch) for ch in text)
+    text = nfkc_keep_chinese_punctuation(text)
     text = _ZERO_WIDTH.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
     text = _LEFTOVER_TAGS.sub("", text)
     text = _AI_DISCLAIMER.sub("", text)

@@ -126,3 +126,13 @@ def test_cli_bad_input_is_one_sentence_and_nonzero_exit(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {bad}: this is a PNG image, not a text file; expected UTF-8 or GBK text."]
     assert "Traceback" not in result.stderr and not (tmp_path / "dataset_info.json").exists()
+
+
+def test_web_ui_lists_the_registered_datasets(tmp_path):
+    """What `llamafactory-cli webui` shows in its dataset dropdown when Data dir is the registry's folder."""
+    from llamafactory.webui.control import list_datasets
+
+    build(messy_inputs(tmp_path), BuildOptions(name="t", dataset_dir=tmp_path))
+    dropdown = list_datasets(str(tmp_path), "Supervised Fine-Tuning")
+    names = {choice[0] if isinstance(choice, tuple) else choice for choice in dropdown.choices}
+    assert {"t_alpaca", "t_sharegpt", "t_test"} <= names

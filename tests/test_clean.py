@@ -1,0 +1,44 @@
+"""Cleaning steps as pure functions: normalise, validate, scrub, crisis rule."""
+
+from prep import clean
+from prep.records import Conversation, Provenance, Turn
+
+
+def conv(*texts: str, system: str | None = None) -> Conversation:
+    roles = ["user", "assistant"] * len(texts)
+    return Conversation([Turn(r, t) for r, t in zip(roles, texts)], Provenance("f.csv", "row 2"), system=system)
+
+
+def test_normalise_keeps_chinese_punctuation_and_strips_artefacts():
+    text = "作为一个AI语言模型，我理解你的感受！ＡＢＣ１２３\u200b，好的：  </s>\n\n\n\n下一段"
+    assert clean.normalise_text(text) == "我理解你的感受！ABC123，好的：\n\n下一段"
+    assert clean.normalise_text("**回答：** 先深呼吸。") == "先深呼吸。"
+
+
+def test_normalise_is_pure():
+    original = conv(" 问 ", "答<|eot_id|>")
+    result = clean.normalise([original])
+    assert result.kept[0].turns == [Turn("user", "问"), Turn("assistant", "答")]
+    assert original.turns[0].content == " 问 "
+
+
+def test_validate_reasons():
+    records = [
+        conv("问", "答案"),
+        conv("问", ""),
+        Conversation([Turn("assistant", "答"), Turn("user", "问")], Provenance("f", "row 3")),
+        conv("问", "啊" * 40),
+        conv("问", "好" * 5000),
+        conv("问", "答"),
+    ]
+    result = clean.validate(records)
+    assert len(result.kept) == 1
+    assert [r.reason for r in result.rejected] == ["empty_turn", "bad_roles", "repetition", "too_long", "too_short"]
+
+
+def test_crisis_rule_needs_a_referral_after_each_crisis_message():
+    ok = conv("我不想活了", "我很担心你，请拨打心理援助热线 12356。")
+    bad = conv("今天天气不错", "是的。", "其实我想结束自己的生命", "出去走走吧。")
+    result = clean.crisis_rule([ok, bad])
+    assert result.kept == [ok] and result.counts["crisis"] == 1
+    assert result.rejected[0].reason == "crisis_without_referral"
