@@ -1,30 +1,37 @@
 """``prep build``: inputs -> clean, deduplicated, split LLaMA-Factory datasets + registry + report.
 
+Pipeline: read -> normalise -> validate -> token limit (when a tokenizer is
+given) -> scrub PII -> crisis rule -> annotator agreement -> dedup -> split.
 Accounting invariant, checked on every build: rows_in = kept + duplicates + rejected.
-Outputs (all written atomically, after every input was read):
+Outputs, all written atomically after every input was read:
 ``DIR/data/NAME_alpaca.json``, ``NAME_sharegpt.json`` (train), ``NAME_test.json``
-(held out), ``NAME_rejected.jsonl``, ``NAME_report.json``, ``NAME_report.md``,
-and the three entries in ``DIR/dataset_info.json``.
+(held out), ``NAME_rejected.jsonl``, ``NAME_conflicts.jsonl``,
+``NAME_report.json``, ``NAME_report.md``, ``NAME_lengths.png``, and the three
+entries in ``DIR/dataset_info.json``.
 """
 
 from __future__ import annotations
 
+import json
 import re
-import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tqdm import tqdm
+
 from prep import clean
-from prep.dedup import DedupConfig, dedup
+from prep.agreement import resolve
+from prep.dedup import DedupConfig, dedup, near_groups
 from prep.errors import PrepError
 from prep.fsutil import atomic_write_json, atomic_write_text
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
-from prep.readers import read_path
+from prep.readers import read_path, supported_files
 from prep.records import Conversation, Rejected
+from prep.report import length_stats, render_markdown, write_histogram
 from prep.split import split
-from prep.writers import load_registry, register, registry_entries, to_alpaca, to_sharegpt, write_json_list, write_rejected
+from prep.writers import load_registry, register, registry_entries, to_alpaca, to_sharegpt, write_json_list, write_jsonl
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -40,39 +47,99 @@ class BuildOptions:
     seed: int = 42
     limits: clean.Limits = field(default_factory=clean.Limits)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    tokenizer: Path | None = None  # a local tokenizer folder: enables the token limit
+    cutoff_len: int = 2048
 
 
-def check_options(options: BuildOptions) -> None:
+@dataclass
+class _State:
+    """Records still in the pipeline and everything accounted for so far."""
+
+    records: list[Conversation]
+    rejected: list[Rejected]
+    counts: Counter = field(default_factory=Counter)
+
+
+def check_options(options: BuildOptions, inputs: list[Path]) -> None:
     """Stop before reading anything when the options cannot work."""
     if not _NAME.match(options.name) or ".." in options.name:
         raise PrepError(f"--name '{options.name}': use letters, digits, '_', '-' or '.', no path separators, at most 64 characters.")
     if not 0.0 <= options.test_size < 1.0:
         raise PrepError(f"--test-size {options.test_size}: expected a fraction from 0 up to (not including) 1.")
+    if not inputs:
+        raise PrepError("no input given; expected one or more files or folders.")
+    if options.tokenizer is not None and not (Path(options.tokenizer) / "tokenizer_config.json").exists():
+        raise PrepError(f"--tokenizer {options.tokenizer}: no tokenizer_config.json there; expected a local model or tokenizer folder.")
     load_registry(options.dataset_dir)  # a corrupt registry stops the build before anything is written
 
 
-def _read_all(inputs: list[Path]) -> tuple[list[Conversation], list[Rejected]]:
-    records, rejected = [], []
-    for path in inputs:
-        for item in read_path(Path(path)):
-            (rejected if isinstance(item, Rejected) else records).append(item)
-    return records, rejected
+def _read_all(inputs: list[Path]) -> _State:
+    state = _State([], [])
+    files = [file for path in inputs for file in supported_files(Path(path))]
+    for file in tqdm(files, desc="read", unit="file", disable=None, leave=False):
+        for item in read_path(file):
+            (state.rejected if isinstance(item, Rejected) else state.records).append(item)
+    return state
 
 
-def _length_stats(values: list[int]) -> dict:
-    if not values:
-        return {"count": 0}
-    return {"count": len(values), "min": min(values), "median": statistics.median(values), "max": max(values)}
+def _apply(state: _State, result: clean.StepResult) -> None:
+    state.records = result.kept
+    state.rejected += result.rejected
+    state.counts += result.counts
 
 
-def _report(options: BuildOptions, inputs, rows_in, kept, duplicates, rejected, train, test, counts) -> dict:
+def _token_counts(records: list[Conversation], tokenizer_dir: Path | None) -> list[int] | None:
+    if tokenizer_dir is None:
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    texts = ["\n".join([rec.system or ""] + [t.content for t in rec.turns]) for rec in records]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    # Chat-template overhead: header and end tokens around every message, plus the system message.
+    return [len(ids) + 5 * (len(rec.turns) + 1) + 1 for ids, rec in zip(encoded, records)]
+
+
+def build(inputs: list[Path], options: BuildOptions) -> dict:
+    """Run the whole pipeline and write every output; return the report."""
+    check_options(options, inputs)
+    state = _read_all(inputs)
+    rows_in = len(state.records) + len(state.rejected)
+    _apply(state, clean.normalise(state.records))
+    _apply(state, clean.validate(state.records, options.limits))
+    tokens = _token_counts(state.records, options.tokenizer)
+    if tokens is not None:
+        _apply(state, clean.token_limit(state.records, tokens, options.cutoff_len))
+    _apply(state, clean.scrub(state.records))
+    _apply(state, clean.crisis_rule(state.records))
+    agreement = resolve(state.records)
+    state.records, state.rejected = agreement.kept, state.rejected + agreement.rejected
+    deduped = dedup(state.records, options.dedup)
+    kept = deduped.kept
+    groups = near_groups(deduped.kept_hashes, options.dedup.split_threshold, options.dedup.num_perm) if deduped.kept_hashes else None
+    train, test = split(kept, options.test_size, options.seed, groups)
+    if len(kept) + len(deduped.duplicates) + len(state.rejected) != rows_in:
+        raise AssertionError("accounting invariant broken: rows_in != kept + duplicates + rejected")
+    kept_tokens = _token_counts(kept, options.tokenizer)
+    report = _report(options, inputs, rows_in, kept, deduped.duplicates, state, train, test, agreement.stats, kept_tokens)
+    _write(options, train, test, deduped.duplicates + state.rejected, agreement.conflicts, report, kept, kept_tokens)
+    return report
+
+
+def _report(options, inputs, rows_in, kept, duplicates, state, train, test, agreement, tokens) -> dict:
     by_source: dict[str, Counter] = {}
     for rec in kept:
         by_source.setdefault(rec.provenance.source, Counter())["kept"] += 1
-    for rej in duplicates:
-        by_source.setdefault(rej.provenance.source, Counter())["duplicates"] += 1
-    for rej in rejected:
-        by_source.setdefault(rej.provenance.source, Counter())["rejected"] += 1
+    for item in duplicates:
+        by_source.setdefault(item.provenance.source, Counter())["duplicates"] += 1
+    for item in state.rejected:
+        by_source.setdefault(item.provenance.source, Counter())["rejected"] += 1
+    lengths = {
+        "question_chars": length_stats([len(r.first_question) for r in kept]),
+        "answer_chars": length_stats([len(r.final_answer) for r in kept]),
+    }
+    if tokens is not None:
+        lengths["tokens"] = length_stats(tokens)
     return {
         "name": options.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -80,69 +147,35 @@ def _report(options: BuildOptions, inputs, rows_in, kept, duplicates, rejected, 
         "rows_in": rows_in,
         "kept": len(kept),
         "duplicates": len(duplicates),
-        "rejected": len(rejected),
+        "rejected": len(state.rejected),
         "train": len(train),
         "test": len(test),
         "test_size": options.test_size,
         "seed": options.seed,
         "duplicates_by_kind": dict(Counter(d.reason for d in duplicates)),
-        "rejected_by_reason": dict(Counter(r.reason for r in rejected)),
+        "rejected_by_reason": dict(Counter(r.reason for r in state.rejected)),
         "by_source": {src: dict(c) for src, c in sorted(by_source.items())},
         "by_category": dict(Counter(rec.category or "(none)" for rec in kept).most_common()),
-        "pii_replaced": {k: v for k, v in counts.items() if k != "crisis"},
-        "crisis_conversations_kept": counts.get("crisis", 0),
-        "lengths_chars": {
-            "question": _length_stats([len(r.first_question) for r in kept]),
-            "answer": _length_stats([len(r.final_answer) for r in kept]),
-        },
-        "dedup": {"ngram": options.dedup.ngram, "threshold": options.dedup.threshold, "num_perm": options.dedup.num_perm, "near": options.dedup.near},
+        "by_origin": dict(Counter(rec.provenance.origin for rec in kept)),
+        "pii_replaced": {k: v for k, v in state.counts.items() if k != "crisis"},
+        "crisis_conversations_kept": state.counts.get("crisis", 0),
+        "agreement": agreement,
+        "lengths": lengths,
+        "dedup": {"ngram": options.dedup.ngram, "threshold": options.dedup.threshold,
+                  "split_threshold": options.dedup.split_threshold, "num_perm": options.dedup.num_perm, "near": options.dedup.near},
+        "token_limit": {"tokenizer": str(options.tokenizer), "cutoff_len": options.cutoff_len} if options.tokenizer else None,
     }
 
 
-def _markdown(report: dict) -> str:
-    def table(title: str, mapping: dict) -> str:
-        rows = "".join(f"| {key} | {value} |\n" for key, value in mapping.items()) or "| (none) | 0 |\n"
-        return f"\n## {title}\n\n| | count |\n|---|---|\n{rows}"
-
-    head = (
-        f"# Dataset report: {report['name']}\n\n"
-        f"rows_in {report['rows_in']} = kept {report['kept']} + duplicates {report['duplicates']} + rejected {report['rejected']}\n\n"
-        f"train {report['train']}, test {report['test']} (test_size {report['test_size']}, seed {report['seed']})\n"
-    )
-    sources = {src: ", ".join(f"{k} {v}" for k, v in c.items()) for src, c in report["by_source"].items()}
-    return head + table("Sources", sources) + table("Categories (kept)", report["by_category"]) + table(
-        "Rejected by reason", report["rejected_by_reason"]) + table("Duplicates by kind", report["duplicates_by_kind"]) + table(
-        "Personal data replaced", report["pii_replaced"])
-
-
-def build(inputs: list[Path], options: BuildOptions) -> dict:
-    """Run the whole pipeline and write every output; return the report."""
-    check_options(options)
-    if not inputs:
-        raise PrepError("no input given; expected one or more files or folders.")
-    records, rejected = _read_all(inputs)
-    rows_in = len(records) + len(rejected)
-    counts: Counter = Counter()
-    for step in (clean.normalise, lambda recs: clean.validate(recs, options.limits), clean.scrub, clean.crisis_rule):
-        result = step(records)
-        records, counts = result.kept, counts + result.counts
-        rejected += result.rejected
-    kept, duplicates = dedup(records, options.dedup)
-    train, test = split(kept, options.test_size, options.seed)
-    if len(kept) + len(duplicates) + len(rejected) != rows_in:
-        raise AssertionError("accounting invariant broken: rows_in != kept + duplicates + rejected")
-    report = _report(options, inputs, rows_in, kept, duplicates, rejected, train, test, counts)
-    _write(options, train, test, duplicates + rejected, report)
-    return report
-
-
-def _write(options: BuildOptions, train, test, not_kept, report) -> None:
+def _write(options, train, test, not_kept, conflicts, report, kept, tokens) -> None:
     data_dir = Path(options.dataset_dir) / "data"
     name = options.name
     write_json_list(data_dir / f"{name}_alpaca.json", [to_alpaca(r, options.system) for r in train])
     write_json_list(data_dir / f"{name}_sharegpt.json", [to_sharegpt(r, options.system) for r in train])
     write_json_list(data_dir / f"{name}_test.json", [to_alpaca(r, options.system) for r in test])
-    write_rejected(data_dir / f"{name}_rejected.jsonl", not_kept)
+    write_jsonl(data_dir / f"{name}_rejected.jsonl", [r.to_dict() for r in not_kept])
+    write_jsonl(data_dir / f"{name}_conflicts.jsonl", conflicts)
+    write_histogram(data_dir / f"{name}_lengths.png", kept, tokens)
     atomic_write_json(data_dir / f"{name}_report.json", report)
-    atomic_write_text(data_dir / f"{name}_report.md", _markdown(report))
+    atomic_write_text(data_dir / f"{name}_report.md", render_markdown(report))
     register(options.dataset_dir, registry_entries(name))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prep.errors import PrepError
 from prep.fsutil import atomic_write_json, atomic_write_text
-from prep.records import Conversation, Rejected
+from prep.records import Conversation
 
 REGISTRY_FILE = "dataset_info.json"
 
@@ -53,9 +53,9 @@ def write_json_list(path: Path, items: list[dict]) -> None:
     atomic_write_json(path, items)
 
 
-def write_rejected(path: Path, rejected: list[Rejected]) -> None:
-    """Every row that was not kept, one JSON object per line with reason and location."""
-    atomic_write_text(path, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in rejected))
+def write_jsonl(path: Path, items: list[dict]) -> None:
+    """One JSON object per line (rejected rows, conflicts), written atomically."""
+    atomic_write_text(path, "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items))
 
 
 def registry_entries(name: str) -> dict[str, dict]:

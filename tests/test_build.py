@@ -62,6 +62,7 @@ def test_build_accounts_for_every_row_and_writes_everything(tmp_path):
     assert crisis["provenance"]["location"] == "row 6" and crisis["provenance"]["source"].endswith("labelled.csv")
     assert json.loads((data / "t_report.json").read_text(encoding="utf-8"))["rows_in"] == 11
     assert "rows_in 11 = kept 5 + duplicates 2 + rejected 4" in (data / "t_report.md").read_text(encoding="utf-8")
+    assert (data / "t_lengths.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_registry_has_full_mappings_and_keeps_other_entries(tmp_path):
@@ -113,7 +114,8 @@ def test_hand_labelled_row_wins_over_distilled_duplicate():
     def rec(origin, answer):
         return Conversation([Turn("user", "我最近总是失眠怎么办"), Turn("assistant", answer)], Provenance("f", "row 1", origin=origin))
 
-    kept, duplicates = dedup([rec("distilled", "蒸馏的回答"), rec("labelled", "人工的回答")])
+    result = dedup([rec("distilled", "蒸馏的回答"), rec("labelled", "人工的回答")])
+    kept, duplicates = result.kept, result.duplicates
     assert [r.final_answer for r in kept] == ["人工的回答"]
     assert duplicates[0].provenance.origin == "distilled" and duplicates[0].reason == "near_duplicate"
 
@@ -136,3 +138,14 @@ def test_web_ui_lists_the_registered_datasets(tmp_path):
     dropdown = list_datasets(str(tmp_path), "Supervised Fine-Tuning")
     names = {choice[0] if isinstance(choice, tuple) else choice for choice in dropdown.choices}
     assert {"t_alpaca", "t_sharegpt", "t_test"} <= names
+
+
+def test_token_limit_with_a_local_tokenizer(tmp_path, tiny_model):
+    rows = [("短问题", "短回答。", "其他"), ("长问题", "这是一个很长的回答，" * 40, "其他")]
+    path = write_csv(tmp_path / "len.csv", rows)
+    report = build([path], BuildOptions(name="tok", dataset_dir=tmp_path, test_size=0, tokenizer=tiny_model, cutoff_len=120))
+    assert_accounting(report)
+    assert report["rejected_by_reason"] == {"too_many_tokens": 1}
+    assert report["lengths"]["tokens"]["count"] == 1 and report["lengths"]["tokens"]["max"] <= 120
+    with pytest.raises(PrepError, match="no tokenizer_config.json"):
+        build([path], BuildOptions(name="tok", dataset_dir=tmp_path, tokenizer=tmp_path))

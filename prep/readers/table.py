@@ -27,6 +27,7 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "category": ("category", "类别", "分类", "主题"),
     "annotator": ("annotator", "标注人", "标注员"),
     "id": ("id", "编号"),
+    "verdict": ("verdict", "keep", "标注结果", "是否保留"),
 }
 
 
@@ -70,7 +71,8 @@ def read_table(path: Path, origin: str = "labelled") -> Iterator[Conversation | 
     for index, row in enumerate(frame.to_dict("records"), start=2):
         cell = {key: str(row[col]).strip() for key, col in columns.items()}
         provenance = Provenance(str(path), f"row {index}", origin=origin, annotator=cell.get("annotator") or None)
-        extra = {"category": cell.get("category") or None, "record_id": cell.get("id") or None}
+        extra = {"category": cell.get("category") or None, "record_id": cell.get("id") or None,
+                 "meta": {"verdict": cell["verdict"]} if cell.get("verdict") else {}}
         if "question" in cell and (cell["question"] or cell.get("answer")):
             question = cell["question"]
             if cell.get("input"):

@@ -1,0 +1,60 @@
+"""Multi-annotator agreement: kappa on hand-computed tables and the resolution rule."""
+
+import json
+
+import pytest
+
+from conftest import write_csv
+from prep.agreement import cohen_kappa, fleiss_kappa, resolve
+from prep.build import BuildOptions, build
+from prep.records import Conversation, Provenance, Turn
+
+
+def test_cohen_kappa_by_hand():
+    # 10 items: 7 agreements; rater A says x 5 times, B says x 6 times.
+    pairs = [("x", "x")] * 4 + [("y", "y")] * 3 + [("x", "y")] * 1 + [("y", "x")] * 2
+    # po = 0.7; pe = 0.5*0.6 + 0.5*0.4 = 0.5; kappa = 0.2 / 0.5 = 0.4
+    assert cohen_kappa(pairs) == pytest.approx(0.4)
+    assert cohen_kappa([("x", "x"), ("y", "y")]) == pytest.approx(1.0)
+
+
+def test_fleiss_kappa_by_hand():
+    # Two items, three raters. Item 1 all agree (P=1), item 2 split 2-1 (P=1/3). P_bar = 2/3.
+    # Label shares: a 5/6... a appears 3+2=5 times, b once -> Pe = (5/6)^2 + (1/6)^2 = 26/36.
+    expected = (2 / 3 - 26 / 36) / (1 - 26 / 36)
+    assert fleiss_kappa([["a", "a", "a"], ["a", "a", "b"]]) == pytest.approx(expected)
+
+
+def rec(question, category, annotator, verdict=None, answer="回答"):
+    meta = {"verdict": verdict} if verdict else {}
+    return Conversation([Turn("user", question), Turn("assistant", answer)], Provenance("f.csv", f"row {annotator}", annotator=annotator),
+                        category=category, meta=meta)
+
+
+def test_resolution_rule_majority_tie_and_reject():
+    records = [
+        rec("问题一", "焦虑", "A"), rec("问题一", "焦虑", "B"), rec("问题一", "失眠", "C"),  # majority 焦虑
+        rec("问题二", "人际", "A"), rec("问题二", "亲子", "B"),  # tie -> held back
+        rec("问题三", "学业", "A", "reject"), rec("问题三", "学业", "B", "删除"), rec("问题三", "学业", "C", "保留"),
+        rec("单人标注", "职场", "A"),
+    ]
+    result = resolve(records)
+    assert [(r.first_question, r.provenance.annotator) for r in result.kept] == [("问题一", "A"), ("问题一", "B"), ("单人标注", "A")]
+    reasons = sorted((r.raw, r.reason) for r in result.rejected)
+    assert reasons == [("问题一", "annotator_disagreement"), ("问题三", "annotator_rejected"), ("问题三", "annotator_rejected"),
+                       ("问题三", "annotator_rejected"), ("问题二", "annotator_conflict"), ("问题二", "annotator_conflict")]
+    assert {c["question"] for c in result.conflicts} == {"问题一", "问题二", "问题三"}
+    assert result.stats["items"] == 3 and result.stats["category"]["method"] == "fleiss"
+
+
+def test_build_writes_conflicts_and_kappa(tmp_path):
+    rows = [("我总是失眠", "规律作息。", "失眠", "甲"), ("我总是失眠", "规律作息哦。", "失眠", "乙"),
+            ("和同事吵架了", "先冷静一下。", "人际", "甲"), ("和同事吵架了", "先冷静一下吧。", "职场", "乙")]
+    path = write_csv(tmp_path / "two.csv", rows, header="question,answer,category,annotator")
+    report = build([path], BuildOptions(name="a", dataset_dir=tmp_path, test_size=0))
+    assert report["rows_in"] == report["kept"] + report["duplicates"] + report["rejected"]
+    # po = 1/2, pe = 1/4 (only 失眠 shared): kappa = (1/2 - 1/4) / (3/4) = 1/3
+    assert report["agreement"]["category"] == {"method": "cohen", "kappa": 0.3333, "items": 2}
+    assert report["rejected_by_reason"] == {"annotator_conflict": 2}
+    conflicts = [json.loads(x) for x in (tmp_path / "data" / "a_conflicts.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert conflicts[0]["question"] == "和同事吵架了" and conflicts[0]["resolution"].startswith("tie")
