@@ -141,7 +141,7 @@ def test_web_ui_lists_the_registered_datasets(tmp_path):
 
 
 def test_token_limit_with_a_local_tokenizer(tmp_path, tiny_model):
-    rows = [("短问题", "短回答。", "其他"), ("长问题", "这是一个很长的回答，" * 40, "其他")]
+    rows = [("短问题", "短回答。", "其他"), ("长问题", "".join(f"第{i}条建议各不相同。" for i in range(60)), "其他")]
     path = write_csv(tmp_path / "len.csv", rows)
     report = build([path], BuildOptions(name="tok", dataset_dir=tmp_path, test_size=0, tokenizer=tiny_model, cutoff_len=120))
     assert_accounting(report)
