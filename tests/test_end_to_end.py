@@ -61,7 +61,8 @@ def merged_model(tmp_path_factory, tiny_model) -> Path:
     )
     run(["llamafactory-cli", "train", str(train_yaml)], cwd=work, timeout=600)
     log = [json.loads(line) for line in (work / "lora" / "trainer_log.jsonl").read_text().splitlines()]
-    assert log[-1]["loss"] < 0.1, f"training did not converge: {log[-1]}"
+    losses = [entry["loss"] for entry in log if "loss" in entry]
+    assert losses[-1] < 0.1, f"training did not converge: {losses}"
     merge_yaml = derived_config(
         "demo_cpu_merge.yaml", work / "merge.yaml",
         model_name_or_path=str(tiny_model), adapter_name_or_path=str(work / "lora"), export_dir=str(work / "merged"),
