@@ -25,8 +25,15 @@ ADVICE = ["可以试着把担心的事写下来，分成能做和不能做的两
 CLOSINGS = ["你愿意说说最让你难受的是哪一刻吗？", "最近有没有哪怕一点点让你放松的时刻？", "你身边有可以倾诉的人吗？", "如果情况持续两周以上，建议寻求专业心理咨询。"]
 
 
+DETAILS = ["连续加班", "房贷压力", "孩子升学", "父母生病", "异地恋", "室友矛盾", "导师催论文", "失业半年", "被裁员", "创业失败",
+           "体重增加", "相亲不顺", "婚礼筹备", "搬家", "宠物生病", "朋友借钱不还", "被网暴", "考研二战", "实习转正", "职称评审"]
+
+
 def conversation(rng: random.Random) -> dict:
-    question = f"{rng.choice(PEOPLE)}，{rng.choice(SITUATIONS)}，{rng.choice(FEELINGS)}，{rng.choice(SITUATIONS)}，{rng.choice(ASKS)}"
+    a, b = rng.sample(SITUATIONS, 2)
+    d1, d2 = rng.sample(DETAILS, 2)
+    question = (f"{rng.choice(PEOPLE)}，今年{rng.randint(15, 75)}岁，{a}，又赶上{d1}和{d2}，"
+                f"已经{rng.randint(2, 48)}周了，{rng.choice(FEELINGS)}，{b}，{rng.choice(ASKS)}")
     answer = rng.choice(OPENINGS) + "".join(rng.sample(ADVICE, 3)) + rng.choice(CLOSINGS)
     return {"instruction": question, "input": "", "output": answer}
 

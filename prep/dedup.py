@@ -25,7 +25,7 @@ _STRIP = re.compile(r"[\s\W_]+", re.UNICODE)
 class DedupConfig:
     """Near-duplicate settings: character n-gram size, Jaccard thresholds, permutations."""
 
-    ngram: int = 3
+    ngram: int = 2  # calibrated: bench/calibrate_dedup.py, figures in bench/README.md
     threshold: float = 0.7
     split_threshold: float = 0.5
     num_perm: int = 64
