@@ -59,6 +59,44 @@ def tiny_model_command(
     typer.echo(f"tiny model written to {path}")
 
 
+@app.command("distill")
+def distill_command(
+    out: Annotated[Path, typer.Option("--out", help="Journal file (JSONL); re-running the same command resumes it.")],
+    base_url: Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL or OpenAI).")] = None,
+    model: Annotated[str, typer.Option("--model", help="Teacher model name.")] = "gpt-4o-mini",
+    requests: Annotated[int, typer.Option("--requests", help="Number of requests in the plan.")] = 10,
+    pairs_per_request: Annotated[int, typer.Option("--pairs-per-request", help="Q&A pairs (or dialogues) asked per request.")] = 20,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight at once.")] = 8,
+    topics: Annotated[Optional[Path], typer.Option("--topics", help="Topic grid YAML (areas, concerns, personas); default data/topics/topics.yaml.")] = None,
+    multi_turn_ratio: Annotated[float, typer.Option("--multi-turn-ratio", help="Share of requests asking for multi-turn dialogues.")] = 0.0,
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.9,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the plan (topics, personas, modes).")] = 0,
+    max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="Stop starting requests past this estimated cost (USD).")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Completion token limit per request.")] = 4096,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds before one request times out.")] = 120.0,
+    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Tries per request before it is journalled as failed.")] = 6,
+    price_in: Annotated[float, typer.Option("--price-in", help="USD per million prompt tokens.")] = 0.15,
+    price_out: Annotated[float, typer.Option("--price-out", help="USD per million completion tokens.")] = 0.60,
+) -> None:
+    """Distil counselling Q&A from a teacher LLM into a resumable journal."""
+    from prep.distill import DEFAULT_TOPICS, DistillConfig, distill
+
+    config = DistillConfig(out=out, base_url=base_url, model=model, requests=requests, pairs_per_request=pairs_per_request,
+                           concurrency=concurrency, topics=topics or DEFAULT_TOPICS, multi_turn_ratio=multi_turn_ratio, temperature=temperature,
+                           seed=seed, max_cost=max_cost, max_tokens=max_tokens, timeout_s=timeout, max_attempts=max_attempts,
+                           price_in_per_m=price_in, price_out_per_m=price_out)
+    stats = distill(config)
+    typer.echo(
+        f"distill: {stats.ok} ok, {stats.truncated} truncated, {stats.parse_error} parse_error, {stats.failed} failed, "
+        f"{stats.skipped} already done, {stats.retries} retries; {stats.pairs} conversations; "
+        f"tokens {stats.prompt_tokens} in / {stats.completion_tokens} out, est. ${stats.cost(config):.4f}; "
+        f"{stats.seconds:.1f} s -> {out}"
+    )
+    if stats.stopped:
+        typer.echo(f"error: stopped early: {stats.stopped}", err=True)
+        raise typer.Exit(3)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:

@@ -99,9 +99,39 @@ def read_json(path: Path, origin: str = "labelled") -> Iterator[Conversation | R
     yield from _records(data, path, "item", origin)
 
 
+def is_journal_entry(item: object) -> bool:
+    """Whether a JSON object is a ``prep distill`` journal line."""
+    return isinstance(item, dict) and "request_id" in item and "status" in item and "pairs" in item
+
+
+def read_journal_entries(path: Path, entries: list[tuple[int, dict]], origin: str = "distilled") -> Iterator[Conversation | Rejected]:
+    """Conversations from a distillation journal: the last line per request id counts."""
+    latest: dict[str, tuple[int, dict]] = {}
+    for number, entry in entries:
+        latest[entry["request_id"]] = (number, entry)
+    for number, entry in sorted(latest.values(), key=lambda x: x[0]):
+        base = dict(source=str(path), origin=origin, teacher=entry.get("model"), template_id=entry.get("template_id"),
+                    request_id=entry["request_id"], created=entry.get("time"))
+        if entry["status"] not in ("ok", "truncated"):
+            detail = entry.get("error") or f"finish_reason {entry.get('finish_reason')}"
+            yield Rejected(f"distill_{entry['status']}", Provenance(location=f"line {number}", **base), detail=detail, raw=entry.get("raw"))
+            continue
+        for k, messages in enumerate(entry.get("pairs") or [], start=1):
+            provenance = Provenance(location=f"line {number} conversation {k}", **base)
+            try:
+                turns, system = _from_messages(messages, "role", "content")
+                yield Conversation(turns, provenance, system=system, category=(entry.get("topic") or {}).get("concern"))
+            except ShapeError as err:
+                yield Rejected("unknown_shape", provenance, detail=str(err))
+
+
 def read_jsonl(path: Path, origin: str = "labelled") -> Iterator[Conversation | Rejected]:
-    """Yield records from JSON Lines; a malformed line is a rejected row, not a crash."""
+    """Yield records from JSON Lines; a malformed line is a rejected row, not a crash.
+
+    A ``prep distill`` journal is recognised by its lines and read as distilled data.
+    """
     text = read_text_file(path)
+    journal: list[tuple[int, dict]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -111,7 +141,12 @@ def read_jsonl(path: Path, origin: str = "labelled") -> Iterator[Conversation | 
         except json.JSONDecodeError as err:
             yield Rejected("malformed_json", provenance, detail=err.msg, raw=line[:2000])
             continue
+        if is_journal_entry(item):
+            journal.append((number, item))
+            continue
         try:
             yield item_to_conversation(item, provenance)
         except ShapeError as err:
             yield Rejected("unknown_shape", provenance, detail=str(err), raw=line[:2000])
+    if journal:
+        yield from read_journal_entries(path, journal)

@@ -1,0 +1,370 @@
+"""``prep distill``: knowledge distillation from a teacher LLM through any OpenAI-compatible API.
+
+A run is a deterministic plan of requests (template x topic x persona x sample
+index, each with a stable ``request_id``) executed by a sliding window of C
+workers. Every finished request is appended to a JSONL journal, flushed and
+fsynced, so a crash loses at most the requests in flight; re-running the same
+command skips every request already answered and retries the failed ones.
+
+Retries: 408/409/429/5xx, time-outs, connection errors and malformed bodies,
+with jittered exponential back-off; a 429 also pauses every worker for its
+``retry-after``. No retry on 400/404; 401/403 and ``insufficient_quota`` stop
+the run with one clear sentence. The API key is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+from tqdm import tqdm
+
+from prep.errors import PrepError
+from prep.textformat import parse_text
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+DEFAULT_TOPICS = Path(__file__).resolve().parent.parent / "data" / "topics" / "topics.yaml"
+DONE_STATUSES = {"ok", "truncated", "parse_error"}  # paid answers: never sent again
+RETRYABLE_STATUS = {408, 409, 429}
+FATAL_STATUS = {401: "the API key was refused (401)", 403: "access was denied (403)"}
+
+
+@dataclass
+class Template:
+    """A prompt template file: its id (file stem), text and content hash."""
+
+    template_id: str
+    text: str
+    sha256: str
+
+    @classmethod
+    def load(cls, path: Path) -> "Template":
+        text = Path(path).read_text(encoding="utf-8")
+        return cls(Path(path).stem, text, hashlib.sha256(text.encode("utf-8")).hexdigest()[:16])
+
+
+@dataclass
+class DistillConfig:
+    """Everything one distillation run needs (the key comes from the environment only)."""
+
+    out: Path
+    base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    requests: int = 10
+    pairs_per_request: int = 20
+    concurrency: int = 8
+    topics: Path = DEFAULT_TOPICS
+    multi_turn_ratio: float = 0.0
+    temperature: float = 0.9
+    seed: int = 0
+    max_cost: float | None = None
+    max_tokens: int = 4096
+    timeout_s: float = 120.0
+    max_attempts: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    price_in_per_m: float = 0.15  # USD per million prompt tokens
+    price_out_per_m: float = 0.60  # USD per million completion tokens
+    single_template: Path = TEMPLATE_DIR / "single_turn.txt"
+    multi_template: Path = TEMPLATE_DIR / "multi_turn.txt"
+    progress: bool | None = None  # None: a bar only on a terminal
+
+
+@dataclass
+class RequestSpec:
+    """One planned request: what to ask and its deterministic id."""
+
+    request_id: str
+    index: int
+    multi_turn: bool
+    template: Template
+    topic: dict
+    persona: str
+    prompt: str
+
+
+@dataclass
+class RunStats:
+    ok: int = 0
+    truncated: int = 0
+    parse_error: int = 0
+    failed: int = 0
+    retries: int = 0
+    skipped: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    pairs: int = 0
+    stopped: str | None = None
+    seconds: float = 0.0
+    by_status: Counter = field(default_factory=Counter)
+
+    def cost(self, config: DistillConfig) -> float:
+        return (self.prompt_tokens * config.price_in_per_m + self.completion_tokens * config.price_out_per_m) / 1e6
+
+
+class FatalError(Exception):
+    """Stop the whole run: more requests cannot succeed."""
+
+
+def load_topics(path: Path) -> dict:
+    """The topic grid: areas x concerns, and personas."""
+    try:
+        grid = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PrepError(f"--topics {path}: no such file.") from None
+    except yaml.YAMLError as err:
+        raise PrepError(f"--topics {path}: not valid YAML ({err.__class__.__name__}).") from None
+    if not isinstance(grid, dict) or not all(isinstance(grid.get(k), list) and grid[k] for k in ("areas", "concerns", "personas")):
+        raise PrepError(f"--topics {path}: expected non-empty lists 'areas', 'concerns' and 'personas'.")
+    return grid
+
+
+def plan(config: DistillConfig) -> list[RequestSpec]:
+    """The deterministic list of requests for this configuration."""
+    grid = load_topics(config.topics)
+    templates = {False: Template.load(config.single_template), True: Template.load(config.multi_template)}
+    specs = []
+    for index in range(config.requests):
+        rng = random.Random(f"{config.seed}:{index}")
+        multi = rng.random() < config.multi_turn_ratio
+        topic = {"area": rng.choice(grid["areas"]), "concern": rng.choice(grid["concerns"])}
+        persona = rng.choice(grid["personas"])
+        template = templates[multi]
+        prompt = template.text.format(n=config.pairs_per_request, persona=persona, **topic)
+        identity = {
+            "template": template.template_id, "template_sha256": template.sha256, "topic": topic, "persona": persona,
+            "model": config.model, "temperature": config.temperature, "max_tokens": config.max_tokens,
+            "pairs": config.pairs_per_request, "seed": config.seed, "index": index,
+        }
+        request_id = hashlib.sha256(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:24]
+        specs.append(RequestSpec(request_id, index, multi, template, topic, persona, prompt))
+    return specs
+
+
+def read_journal(path: Path) -> dict[str, dict]:
+    """The last entry per request id; a torn last line (crash mid-write) is ignored."""
+    entries: dict[str, dict] = {}
+    if not Path(path).exists():
+        return entries
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and "request_id" in entry:
+            entries[entry["request_id"]] = entry
+    return entries
+
+
+def parse_answer(text: str, multi_turn: bool, finish_reason: str | None) -> tuple[str, list[list[dict]]]:
+    """Status and conversations found in a teacher's answer (complete ones only)."""
+    chunks = re.split(r"^\s*#{3,}\s*$", text, flags=re.MULTILINE) if multi_turn else [text]
+    conversations = []
+    for chunk in chunks:
+        parsed = parse_text(chunk, one_conversation=multi_turn) if chunk.strip() else []
+        conversations += [[{"role": t.role, "content": t.content} for t in p.turns] for p in parsed if not p.error]
+    if not conversations:
+        return "parse_error", []
+    return ("truncated" if finish_reason == "length" else "ok"), conversations
+
+
+class JournalWriter:
+    """Append-only JSONL, one fsynced line per finished request."""
+
+    def __init__(self, path: Path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair_torn_tail(path)
+        self._handle = open(path, "a", encoding="utf-8")
+
+    @staticmethod
+    def _repair_torn_tail(path: Path) -> None:
+        """Make sure a new line never glues onto a torn one left by a crash."""
+        if path.exists() and path.stat().st_size:
+            with open(path, "rb+") as handle:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    handle.write(b"\n")
+
+    def write(self, entry: dict) -> None:
+        self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _redact(text: str, secret: str | None) -> str:
+    text = str(text)
+    if secret:
+        text = text.replace(secret, "***")
+    return re.sub(r"sk-[A-Za-z0-9_\-*]{6,}", "sk-***", text)
+
+
+class Distiller:
+    """Runs the plan with C concurrent workers against an OpenAI-compatible endpoint."""
+
+    def __init__(self, config: DistillConfig):
+        self.config = config
+        self.api_key = os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.base_url = config.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        self.host = urlparse(self.base_url).netloc or self.base_url
+        self.stats = RunStats()
+        self._pause_until = 0.0
+        self._stop_reason: str | None = None
+
+    async def run(self) -> RunStats:
+        from openai import AsyncOpenAI
+
+        specs = plan(self.config)
+        done = {rid for rid, entry in read_journal(self.config.out).items() if entry.get("status") in DONE_STATUSES}
+        pending = [spec for spec in specs if spec.request_id not in done]
+        self.stats.skipped = len(specs) - len(pending)
+        queue: asyncio.Queue = asyncio.Queue()
+        for spec in pending:
+            queue.put_nowait(spec)
+        client = AsyncOpenAI(api_key=self.api_key, base_url=self.base_url, timeout=self.config.timeout_s, max_retries=0)
+        journal = JournalWriter(self.config.out)
+        bar = tqdm(total=len(pending), desc="distill", unit="req", disable=None if self.config.progress is None else not self.config.progress)
+        start = time.perf_counter()
+        try:
+            workers = [asyncio.create_task(self._worker(client, queue, journal, bar)) for _ in range(max(1, self.config.concurrency))]
+            await asyncio.gather(*workers)
+        finally:
+            self.stats.seconds = time.perf_counter() - start
+            bar.close()
+            journal.close()
+            await client.close()
+        self.stats.stopped = self._stop_reason
+        return self.stats
+
+    async def _worker(self, client, queue: asyncio.Queue, journal: JournalWriter, bar) -> None:
+        while not self._stop_reason:
+            try:
+                spec = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if self.config.max_cost is not None and self.stats.cost(self.config) >= self.config.max_cost:
+                self._stop_reason = f"--max-cost {self.config.max_cost} reached (estimated ${self.stats.cost(self.config):.4f})"
+                return
+            try:
+                entry = await self._request_with_retries(client, spec)
+            except FatalError as err:
+                self._stop_reason = str(err)
+                return
+            journal.write(entry)
+            self._count(entry)
+            bar.update(1)
+            bar.set_postfix(ok=self.stats.ok, failed=self.stats.failed, retries=self.stats.retries,
+                            tokens=self.stats.prompt_tokens + self.stats.completion_tokens, refresh=False)
+
+    def _count(self, entry: dict) -> None:
+        status = entry["status"]
+        setattr(self.stats, status, getattr(self.stats, status) + 1)
+        self.stats.by_status[status] += 1
+        usage = entry.get("usage") or {}
+        self.stats.prompt_tokens += usage.get("prompt_tokens") or 0
+        self.stats.completion_tokens += usage.get("completion_tokens") or 0
+        self.stats.pairs += len(entry.get("pairs") or [])
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _request_with_retries(self, client, spec: RequestSpec) -> dict:
+        import openai
+
+        last_error = ""
+        for attempt in range(1, self.config.max_attempts + 1):
+            wait = self._pause_until - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            started = time.time()
+            try:
+                response = await client.chat.completions.create(
+                    model=self.config.model,
+                    messages=[{"role": "user", "content": spec.prompt}],
+                    temperature=self.config.temperature,
+                    max_tokens=self.config.max_tokens,
+                )
+                return self._entry(spec, response, attempt, started)
+            except openai.APIStatusError as err:
+                status, body = err.status_code, getattr(err, "body", None)
+                code = (body or {}).get("code") if isinstance(body, dict) else None
+                if code == "insufficient_quota" or "insufficient_quota" in str(err):
+                    raise FatalError("the API account has no quota left (insufficient_quota); top up or use another key, then re-run to resume.")
+                if status in FATAL_STATUS:
+                    raise FatalError(f"{FATAL_STATUS[status]} at {self.host}; check OPENAI_API_KEY and --base-url, then re-run to resume.")
+                last_error = f"HTTP {status}: {_redact(err.message, self.api_key)[:300]}"
+                if status == 404:
+                    raise FatalError(f"{self.host} answered 404 for model '{self.config.model}'; check --model and --base-url.")
+                if status not in RETRYABLE_STATUS and status < 500:
+                    return self._failure(spec, attempt, started, last_error)
+                if status == 429:
+                    self._pause_for(err.response.headers.get("retry-after"), attempt)
+            except (openai.APITimeoutError, openai.APIConnectionError) as err:
+                last_error = f"{type(err).__name__}: {_redact(err, self.api_key)[:300]}"
+            except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as err:
+                last_error = f"malformed response: {_redact(err, self.api_key)[:300]}"
+            if attempt < self.config.max_attempts:
+                self.stats.retries += 1
+                await asyncio.sleep(self._backoff(attempt))
+        return self._failure(spec, self.config.max_attempts, time.time(), last_error)
+
+    def _pause_for(self, retry_after: str | None, attempt: int) -> None:
+        """Adaptive back-off: a 429 pauses every worker for retry-after (or the back-off)."""
+        try:
+            delay = float(retry_after) if retry_after is not None else self._backoff(attempt)
+        except ValueError:
+            delay = self._backoff(attempt)
+        self._pause_until = max(self._pause_until, time.monotonic() + min(delay, self.config.backoff_max_s))
+
+    def _base_entry(self, spec: RequestSpec, attempts: int, started: float) -> dict:
+        return {
+            "request_id": spec.request_id,
+            "index": spec.index,
+            "multi_turn": spec.multi_turn,
+            "template_id": spec.template.template_id,
+            "template_sha256": spec.template.sha256,
+            "topic": spec.topic,
+            "persona": spec.persona,
+            "model": self.config.model,
+            "endpoint_host": self.host,
+            "temperature": self.config.temperature,
+            "attempts": attempts,
+            "time": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+            "latency_s": round(time.time() - started, 3),
+        }
+
+    def _entry(self, spec: RequestSpec, response, attempts: int, started: float) -> dict:
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        status, pairs = parse_answer(text, spec.multi_turn, choice.finish_reason)
+        usage = response.usage.model_dump() if response.usage else {}
+        return {**self._base_entry(spec, attempts, started), "status": status, "finish_reason": choice.finish_reason,
+                "usage": {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+                "response_model": response.model, "raw": text, "pairs": pairs}
+
+    def _failure(self, spec: RequestSpec, attempts: int, started: float, error: str) -> dict:
+        return {**self._base_entry(spec, attempts, started), "status": "failed", "error": error, "raw": None, "pairs": []}
+
+
+def distill(config: DistillConfig) -> RunStats:
+    """Run (or resume) a distillation and return its statistics."""
+    if config.requests < 0 or config.concurrency < 1 or config.pairs_per_request < 1:
+        raise PrepError("--requests must be >= 0, --concurrency and --pairs-per-request >= 1.")
+    if not 0.0 <= config.multi_turn_ratio <= 1.0:
+        raise PrepError(f"--multi-turn-ratio {config.multi_turn_ratio}: expected a fraction from 0 to 1.")
+    return asyncio.run(Distiller(config).run())
