@@ -20,28 +20,48 @@ DEFAULT_HOTLINES: tuple[str, ...] = (
 EMERGENCY_NUMBERS = "120 或 110"
 
 _SELF_HARM_PATTERNS = [
-    r"自杀", r"轻生", r"寻死", r"自尽", r"自残", r"自伤", r"自我伤害", r"伤害自己", r"割腕",
-    r"不想活", r"活不下去", r"活着(?:真|也|还)?没(?:有)?(?:什么)?意思", r"活着有什么意思",
-    r"不如死了", r"死了算了", r"死了就好", r"死了一了百了", r"一了百了", r"想去死", r"想死(?![你您他她它]|我了)",
-    r"结束(?:自己的|我的)?生命", r"了结(?:自己|生命|此生)", r"离开这个世界", r"从这个世界(?:上)?消失",
-    r"跳楼", r"跳河", r"跳江", r"跳桥", r"卧轨", r"上吊", r"烧炭", r"吞(?:了)?(?:一把|很多|大量)?(?:安眠药|药)",
-    r"(?:攒|存|囤|吞)(?:了)?.{0,4}安眠药", r"安眠药.{0,4}(?:攒|存|囤|吞|吃光|全吃)", r"(?:用|拿)(?:刀|刀片|小刀)(?:划|割)", r"划(?:自己|手腕|胳膊|手臂)",
-    r"遗书", r"遗言", r"后事", r"活够了", r"解脱(?:自己)?吧", r"永远睡(?:过去|着)",
-    r"\bsuicid", r"\bkill(?:ing)? myself\b", r"\bend(?:ing)? my life\b", r"\bself[- ]harm", r"\bcut(?:ting)? myself\b",
-    r"\bwant(?:s)? to die\b", r"\bdon'?t want to live\b", r"\bhurt(?:ing)? myself\b",
+    # explicit words
+    r"自杀", r"轻生", r"寻死", r"自尽", r"自残", r"自伤", r"自我伤害", r"伤害自己", r"割腕", r"了断", r"轻身",
+    r"不想活", r"活不下去", r"不活了", r"活着(?:真|也|还)?没(?:有)?(?:什么)?意思", r"活着有什么意思", r"活够了",
+    r"不如死了", r"死了算了", r"死了就好", r"一了百了", r"想(?:去)?死(?![你您他她它]|我了)", r"(?:怎么|应该|只能|就该)去死",
+    r"结束(?:自己的|我的|这)?(?:生命|一切)", r"离开这个世界", r"从这个世界(?:上)?消失", r"不想(?:再)?存在",
+    # euphemisms and farewells
+    r"(?:不要|不想|不用)再醒(?:来|过来)", r"永远睡(?:过去|着|下去)", r"再也不(?:回来|醒来)", r"(?:只想|想要?|求)(?:彻底)?解脱",
+    r"没有我.{0,6}(?:更好|会好|更轻松)", r"消失了?(?:对谁|对大家)都好", r"不用再(?:麻烦|拖累)(?:任何人|大家|你们)",
+    r"(?:东西|遗物).{0,4}(?:都)?送(?:人|给别人)了?", r"(?:写好|留下|写了)(?:了)?遗书", r"遗书", r"遗言", r"交代后事",
+    r"(?:道过别|道别了|告别了|再见了大家|永别)", r"最后一次(?:跟|和)?(?:人|你|大家)?(?:聊天|说话)", r"说声?对不起.{0,6}先走了",
+    r"没有痛苦的地方",
+    # plans and means
+    r"跳楼", r"跳河", r"跳江", r"跳桥", r"跳海", r"卧轨", r"上吊", r"烧炭", r"(?:楼顶|天台|桥上|窗台).{0,8}(?:跳|站|坐|边上)",
+    r"跳下去", r"哪座桥", r"(?:站|坐|蹲)在(?:楼顶|天台|桥上|窗台|桥边|江边|河边)", r"(?:开|冲|走)进(?:海|河|江|湖)", r"(?:海|河|江|湖)边.{0,8}(?:直接)?(?:开|冲|走)进去", r"(?:绳子|刀片|农药|安眠药|药).{0,6}(?:准备好|买好|攒够|备好)", r"开进(?:海|河|江|湖)",
+    r"(?:攒|存|囤|吞)(?:了)?.{0,4}安眠药", r"安眠药.{0,4}(?:攒|存|囤|吞|吃光|全吃)",
+    # self-harm acts
+    r"(?:割|划|烫|掐|烧|捶|咬)(?:伤|破)?(?:了)?自己", r"打自己(?:的)?(?:头|脸|耳光)?", r"(?:拿|用)头撞", r"头撞墙",
+    r"(?:用|拿)(?:刀|刀片|小刀|烟头)(?:划|割|烫)", r"划(?:自己|手腕|胳膊|手臂)", r"又(?:割|划)(?:了)?", r"(?:忍不住|又)想(?:割|划)",
+    # slang and transliteration
+    r"想si", r"自sha", r"紫砂(?![壶锅杯])", r"\bzisha\b",
+    # English and mixed
+    r"\bsuicid", r"\bkill(?:ing)? myself\b", r"\bend(?:ing)? (?:my life|it all)\b", r"\bend it\b", r"\bself[- ]harm",
+    r"\bcut(?:ting)? myself\b", r"\bwant(?:s)? to die\b", r"\bdon'?t want to (?:live|be alive|exist)\b", r"不想\s*live",
+    r"\bhurt(?:ing)? myself\b", r"better off without me", r"\bno reason to live\b",
 ]
 _HARM_OTHERS_PATTERNS = [
-    r"(?:想|要|会)(?:去)?杀(?:了|掉)?(?:他|她|他们|人|全家)", r"同归于尽", r"报复社会", r"弄死(?:他|她|他们)",
+    r"(?:想|要|会|真想)(?:去)?杀(?:了|掉|死)?(?:他|她|他们|她们|人|全家)", r"同归于尽", r"报复社会", r"(?:弄死|掐死|捅死|砍死|毒死)(?:他|她|他们|我|我家|这)?",
+    r"(?:拿|用)刀.{0,4}(?:捅|砍)", r"捅了?(?:他|她)", r"(?:让|叫)(?:他|她|他们|[^，。]{1,4})(?:一个个)?都(?:去)?死", r"让[^，。]{1,6}消失",
     r"\bkill (?:him|her|them|everyone)\b",
 ]
-# Uses of 死 that are figures of speech, not risk.
+# Uses of 死 and 杀 that are figures of speech, not risk.
 _CONFOUNDERS = re.compile(
     r"(?:累|笑|难|热|冷|饿|气|烦|吓|困|忙|急|丑|美|帅|痛|疼|馋|闷|尴尬|无聊)死(?:了|我了|人了|啦)?"
-    r"|死磕|死机|死循环|死线|deadline|想死你|想死我了|笑不活了"
+    r"|死磕|死机|死循环|死线|deadline|想死你|想死我了|笑不活了|自杀式|杀时间|杀毒|杀价|秒杀|杀青|杀了这个bug"
 )
-# Third-person news/fiction context: only discounted when the user says nothing about themself.
-_THIRD_PARTY = re.compile(r"新闻|报道|小说|电影|电视剧|剧情|角色|主角|剧本|游戏里|历史上")
-_FIRST_PERSON = re.compile(r"我|自己|\bI\b|\bmy\b|\bme\b", re.IGNORECASE)
+# Third-person news/fiction/research context: only discounted when the user says nothing about themself.
+_THIRD_PARTY = re.compile(r"新闻|报道|小说|电影|电视剧|剧情|角色|主角|剧本|游戏里|历史上|结局|情节|作者|书里|书中|自杀率|统计|论文|研究|辩论")
+_FIRST_PERSON = re.compile(r"我(?!们)|自己|\bI\b|\bmy\b|\bme\b", re.IGNORECASE)
+# "I had such thoughts, I am better now": past risk, recovered, nothing current.
+_PAST = re.compile(r"去年|以前|曾经|几年前|那时|过去|之前|大学时|小时候|当年|前几年")
+_RECOVERED = re.compile(r"现在(?:已经)?(?:好多了|挺好|很好|好了|不会了|很久没)|已经(?:不会了|走出来|好了|很久没)|走出来|坚持治疗|康复|疤也淡")
+_CURRENT = re.compile(r"又|现在又|最近又|还是想|今天|此刻|现在就")
 
 _SELF_HARM = re.compile("|".join(_SELF_HARM_PATTERNS), re.IGNORECASE)
 _HARM_OTHERS = re.compile("|".join(_HARM_OTHERS_PATTERNS), re.IGNORECASE)
@@ -70,6 +90,8 @@ def detect_crisis(text: str) -> CrisisResult:
     if not self_harm and not harm_others:
         return CrisisResult(False)
     if _THIRD_PARTY.search(cleaned) and not _FIRST_PERSON.search(cleaned):
+        return CrisisResult(False, matches=self_harm + harm_others)
+    if _PAST.search(cleaned) and _RECOVERED.search(cleaned) and not _CURRENT.search(cleaned):
         return CrisisResult(False, matches=self_harm + harm_others)
     kind = "self_harm" if self_harm else "harm_others"
     return CrisisResult(True, kind, self_harm + harm_others)
