@@ -4,6 +4,8 @@
     python chat.py                       # newest merge under runs/, interactive
     python chat.py --model runs/demo/merged --prompt "我最近总是失眠"
     python chat.py --prompt "..." --json # {"reply": ..., "safety": {...}, ...}
+    python chat.py --model BASE --adapter runs/x/lora   # LoRA adapter without merging
+    python chat.py --web                 # Gradio page on http://127.0.0.1:7860
 
 Commands in the interactive loop: /reset, /system TEXT, /save FILE, /exit.
 No conversation is written to disk unless you ask with /save.
@@ -24,11 +26,21 @@ from prep.chat import ChatSession, GenerationOptions, latest_merged_model  # noq
 from prep.errors import PrepError  # noqa: E402
 from prep.fsutil import atomic_write_json  # noqa: E402
 from prep.prompts import DEFAULT_SYSTEM_PROMPT  # noqa: E402
+from prep.safety import DEFAULT_HOTLINES  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Chat with the merged counselling model.")
-    parser.add_argument("--model", type=Path, help="merged model folder (default: newest runs/*/merged)")
+    parser.add_argument("--model", type=Path, help="merged model folder (default: newest runs/*/merged), or the base model with --adapter")
+    parser.add_argument("--adapter", type=Path, help="LoRA adapter folder to apply on --model (peft, not merged)")
+    parser.add_argument("--template", default="llama3", help="LLaMA-Factory template the model was trained with (checked at load)")
+    parser.add_argument("--load-in-4bit", action="store_true", help="4-bit weights (CUDA, bitsandbytes)")
+    parser.add_argument("--load-in-8bit", action="store_true", help="8-bit weights (CUDA, bitsandbytes)")
+    parser.add_argument("--hotline", action="append", help="a hotline the safety guard names (repeatable; default 12356 and 400-161-9995)")
+    parser.add_argument("--context-tokens", type=int, default=4096, help="token budget of the prompt plus the reply")
+    parser.add_argument("--web", action="store_true", help="serve a chat page instead of the terminal loop")
+    parser.add_argument("--host", default="127.0.0.1", help="web host (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="web port")
     parser.add_argument("--system", default=DEFAULT_SYSTEM_PROMPT, help="system prompt")
     parser.add_argument("--prompt", help="answer this one message and exit")
     parser.add_argument("--json", action="store_true", help="print one JSON object per answer")
@@ -92,10 +104,21 @@ def interactive(session: ChatSession, as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.adapter and not args.model:
+            raise PrepError("--adapter needs --model with the base model folder it was trained on.")
         model_dir = args.model or latest_merged_model()
         options = GenerationOptions(args.temperature, args.top_p, args.max_new_tokens, args.repetition_penalty)
-        session = ChatSession(model_dir, system=args.system, options=options)
-        if args.prompt is not None:
+        quantization = "4bit" if args.load_in_4bit else "8bit" if args.load_in_8bit else None
+        session = ChatSession(model_dir, system=args.system, options=options, adapter_dir=args.adapter, quantization=quantization,
+                              template=args.template or None, context_tokens=args.context_tokens,
+                              hotlines=tuple(args.hotline) if args.hotline else DEFAULT_HOTLINES)
+        if args.web:
+            from prep.webchat import serve
+
+            if args.host not in ("127.0.0.1", "localhost", "::1"):
+                print(f"warning: serving on {args.host}: anyone who can reach this address can read the conversations.", file=sys.stderr)
+            serve(session, args.host, args.port)
+        elif args.prompt is not None:
             _print_reply(session, args.prompt, args.json)
         else:
             interactive(session, args.json)

@@ -56,10 +56,8 @@ if [[ "$MODE" == demo ]]; then
   MERGE_CONFIG=factory_configs/demo_cpu_merge.yaml
   TINY=$(yaml_value "$CONFIG" model_name_or_path)
   build_seed_data
-  if [[ ! -f "$TINY/config.json" ]]; then
-    step "Building the tiny local model in $TINY (random weights, Llama-3 tokenizer layout)"
-    prep tiny-model "$TINY" --data data/seed --hidden-size 128 || die 4 "could not build the tiny model."
-  fi
+  step "Building the tiny local model in $TINY (random weights, Llama-3 tokenizer layout)"
+  prep tiny-model "$TINY" --data data/seed --hidden-size 128 || die 4 "could not build the tiny model."
   OUT=$(yaml_value "$CONFIG" output_dir)
   MERGED=$(yaml_value "$MERGE_CONFIG" export_dir)
   rm -rf "$OUT" "$MERGED"

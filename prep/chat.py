@@ -74,6 +74,36 @@ def check_model_dir(path: Path) -> Path:
     return path
 
 
+_PROBE = [
+    {"role": "system", "content": "系统提示"},
+    {"role": "user", "content": "你好，我最近睡不好。"},
+    {"role": "assistant", "content": "听起来你很辛苦。"},
+    {"role": "user", "content": "还有点焦虑。"},
+]
+
+
+def check_template(tokenizer, template_name: str) -> None:
+    """The tokenizer's chat template must give the same prompt ids as LLaMA-Factory's template.
+
+    A model answers well only with the prompt format it was trained on; a
+    mismatch (another template, a missing system turn, extra spaces) is an error.
+    """
+    from llamafactory.data.template import TEMPLATES
+
+    if template_name not in TEMPLATES:
+        raise PrepError(f"--template {template_name}: not a LLaMA-Factory template name.")
+    template = TEMPLATES[template_name]
+    text = tokenizer.apply_chat_template(_PROBE, tokenize=False, add_generation_prompt=True)
+    ours = tokenizer(text, add_special_tokens=False)["input_ids"]
+    messages = _PROBE[1:] + [{"role": "assistant", "content": ""}]
+    prompt_ids, _ = template.encode_oneturn(tokenizer, messages, system=_PROBE[0]["content"])
+    if list(ours) != list(prompt_ids):
+        raise PrepError(
+            f"the model's chat template does not match LLaMA-Factory's '{template_name}' template it was trained with; "
+            "export it again with the same 'template' or pass --template NAME."
+        )
+
+
 @dataclass
 class ChatSession:
     """A model, its tokenizer, a system prompt and the conversation so far."""
@@ -83,21 +113,54 @@ class ChatSession:
     options: GenerationOptions = field(default_factory=GenerationOptions)
     hotlines: tuple[str, ...] = DEFAULT_HOTLINES
     context_tokens: int = 4096
+    adapter_dir: Path | None = None  # a LoRA adapter on top of model_dir (peft, not merged)
+    quantization: str | None = None  # "4bit" | "8bit" (CUDA + bitsandbytes)
+    template: str | None = "llama3"  # LLaMA-Factory template the model was trained with; None skips the check
+    reuse_cache: bool = True
     history: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self.model_dir = check_model_dir(self.model_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        if not self.tokenizer.chat_template:
-            raise PrepError(f"{self.model_dir}: the tokenizer has no chat template; export with 'template: llama3'.")
-        cuda = torch.cuda.is_available()
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.model_dir, dtype=torch.bfloat16 if cuda else torch.float32
-        ).to("cuda" if cuda else "cpu").eval()
+        self.tokenizer = self._load_tokenizer()
+        self.model = self._load_model()
         self.stop_ids = self._stop_ids()
+        if self.template:
+            check_template(self.tokenizer, self.template)
+        self._cache = None
+        self._cache_ids: list[int] = []
+
+    def _load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        source = self.adapter_dir if self.adapter_dir and (Path(self.adapter_dir) / "tokenizer_config.json").exists() else self.model_dir
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if not tokenizer.chat_template:
+            raise PrepError(f"{source}: the tokenizer has no chat template; export with 'template: llama3'.")
+        return tokenizer
+
+    def _load_model(self):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        cuda = torch.cuda.is_available()
+        kwargs: dict = {"dtype": torch.bfloat16 if cuda else torch.float32}
+        if self.quantization:
+            if not cuda:
+                raise PrepError(f"--load-in-{self.quantization} needs a CUDA GPU; on CPU leave it out (fp32 is used).")
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(**{f"load_in_{self.quantization}": True})
+            kwargs["device_map"] = "auto"
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, **kwargs)
+        if not self.quantization:
+            model = model.to("cuda" if cuda else "cpu")
+        if self.adapter_dir:
+            if not (Path(self.adapter_dir) / "adapter_config.json").exists():
+                raise PrepError(f"{self.adapter_dir}: no adapter_config.json; expected a LoRA output folder (llamafactory-cli train).")
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, self.adapter_dir)
+        return model.eval()
 
     def _stop_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -109,6 +172,7 @@ class ChatSession:
 
     def reset(self) -> None:
         self.history = []
+        self._cache, self._cache_ids = None, []
 
     def _prompt_ids(self, message: str):
         """Token ids of system + the newest history that fits + the new message."""
@@ -123,12 +187,30 @@ class ChatSession:
                 return ids
             history = history[2:]  # drop the oldest exchange, keep the newest
 
+    def _reusable_cache(self, ids: list[int]):
+        """The cache of the previous turn cropped to the prefix it shares with ``ids`` (None if nothing to reuse)."""
+        if not self.reuse_cache or self._cache is None:
+            return None
+        shared = 0
+        for old, new in zip(self._cache_ids, ids):
+            if old != new:
+                break
+            shared += 1
+        shared = min(shared, len(ids) - 1)  # at least one new token must be computed
+        if shared <= 0:
+            return None
+        self._cache.crop(shared)
+        return self._cache
+
     def stream(self, message: str) -> Iterator[str]:
-        """Yield the reply as it is generated; the final safety text (if any) comes last."""
-        from transformers import TextIteratorStreamer
+        """Yield the reply as it is generated; the safety referral (if any) comes last."""
+        from transformers import DynamicCache, TextIteratorStreamer
 
         crisis = detect_crisis(message).crisis
         input_ids = self._prompt_ids(message).to(self.model.device)
+        cache = self._reusable_cache(input_ids[0].tolist())
+        if cache is None and self.reuse_cache:
+            cache = DynamicCache()
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         greedy = self.options.temperature <= 0
         kwargs = dict(
@@ -140,12 +222,22 @@ class ChatSession:
             eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0],
             streamer=streamer,
+            past_key_values=cache,
+            return_dict_in_generate=True,
         )
         if not greedy:
             kwargs.update(temperature=self.options.temperature, top_p=self.options.top_p)
         start = time.perf_counter()
         output: dict = {}
-        thread = Thread(target=lambda: output.setdefault("ids", self.model.generate(**kwargs)), daemon=True)
+
+        def generate() -> None:
+            try:
+                output["result"] = self.model.generate(**kwargs)
+            except BaseException as err:  # surfaced in the caller's thread below
+                output["error"] = err
+                streamer.end()
+
+        thread = Thread(target=generate, daemon=True)
         thread.start()
         pieces, first = [], None
         for piece in streamer:
@@ -154,15 +246,21 @@ class ChatSession:
             pieces.append(piece)
             yield piece
         thread.join()
+        if "error" in output:
+            raise output["error"]
         end = time.perf_counter()
+        sequence = output["result"].sequences[0]
+        if self.reuse_cache:
+            self._cache = output["result"].past_key_values
+            self._cache_ids = sequence.tolist()[: self._cache.get_seq_length()]
         text = "".join(pieces).strip()
         final, added = ensure_referral(text, self.hotlines) if crisis else (text, False)
         if added:
             yield final[len(text):]
-        generated = int(output["ids"].shape[1] - input_ids.shape[1]) if "ids" in output else 0
+        generated = int(sequence.shape[0] - input_ids.shape[1])
         first = first or end
         self.last_reply = Reply(final, crisis, added, generated, first - start,
-                                generated / (end - first) if end > first else 0.0)
+                                (generated - 1) / (end - first) if end > first and generated > 1 else 0.0)
         self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": final}]
 
     def ask(self, message: str) -> Reply:
