@@ -31,6 +31,9 @@ _SELF_HARM_PATTERNS = [
     r"(?:东西|遗物).{0,4}(?:都)?送(?:人|给别人)了?", r"(?:写好|留下|写了)(?:了)?遗书", r"遗书", r"遗言", r"交代后事",
     r"(?:道过别|道别了|告别了|再见了大家|永别)", r"最后一次(?:跟|和)?(?:人|你|大家)?(?:聊天|说话)", r"说声?对不起.{0,6}先走了",
     r"没有痛苦的地方",
+    # someone else at risk right now
+    r"(?:发现|看到).{0,12}(?:刀片|伤口|遗书)", r"(?:在桥上|在天台|在楼顶).{0,16}联系不上|联系不上.{0,16}(?:桥|天台|楼顶)",
+    r"不拖累(?:我们|你们|大家)了",
     # plans and means
     r"跳楼", r"跳河", r"跳江", r"跳桥", r"跳海", r"卧轨", r"上吊", r"烧炭", r"(?:楼顶|天台|桥上|窗台).{0,8}(?:跳|站|坐|边上)",
     r"跳下去", r"哪座桥", r"(?:站|坐|蹲)在(?:楼顶|天台|桥上|窗台|桥边|江边|河边)", r"(?:开|冲|走)进(?:海|河|江|湖)", r"(?:海|河|江|湖)边.{0,8}(?:直接)?(?:开|冲|走)进去", r"(?:绳子|刀片|农药|安眠药|药).{0,6}(?:准备好|买好|攒够|备好)", r"开进(?:海|河|江|湖)",
@@ -38,33 +41,55 @@ _SELF_HARM_PATTERNS = [
     # self-harm acts
     r"(?:割|划|烫|掐|烧|捶|咬)(?:伤|破)?(?:了)?自己", r"打自己(?:的)?(?:头|脸|耳光)?", r"(?:拿|用)头撞", r"头撞墙",
     r"(?:用|拿)(?:刀|刀片|小刀|烟头)(?:划|割|烫)", r"划(?:自己|手腕|胳膊|手臂)", r"又(?:割|划)(?:了)?", r"(?:忍不住|又)想(?:割|划)",
-    # slang and transliteration
-    r"想si", r"自sha", r"紫砂(?![壶锅杯])", r"\bzisha\b",
+    # slang, typos and transliteration
+    r"想si", r"自sha", r"zi杀", r"自鲨", r"紫砂(?![壶锅杯])", r"\bzisha\b", r"想\s*zs\b", r"想(?:直接)?s了", r"不想或了",
+    r"结.自己的生命", r"unalive", r"当小天使", r"(?:人生|这个)号.{0,4}注销", r"从这个世界下车", r"找下车的地方",
+    r"(?:明天|以后)?(?:别|不要)再醒过?来", r"准备不在了", r"不在了.{0,8}(?:没有人|没人)(?:会)?(?:发现|在乎)",
+    r"(?:我|自己)(?:就是|是)?(?:家里|大家|所有人)?的?累赘.{0,12}(?:消失|不在|死)", r"不如早点走了", r"早点去找(?:她|他)",
+    r"让一切都停下来", r"(?:没什么|没有|了无)牵挂", r"送给.{0,12}去很远的地方", r"我死了.{0,6}(?:没人|没有人)",
+    r"我在(?:天台|楼顶|桥上|江边|河边)", r"永远地?停下来", r"想带着孩子一起走", r"(?:对|把)自己(?:饿垮|饿死)", r"故意不吃东西",
+    r"(?:拳头|拳)砸自己", r"做得更彻底", r"(?:哪种|什么)方式最不痛苦", r"走进水里", r"开煤气", r"对自己做什么",
     # English and mixed
     r"\bsuicid", r"\bkill(?:ing)? myself\b", r"\bend(?:ing)? (?:my life|it all)\b", r"\bend it\b", r"\bself[- ]harm",
     r"\bcut(?:ting)? myself\b", r"\bwant(?:s)? to die\b", r"\bdon'?t want to (?:live|be alive|exist)\b", r"不想\s*live",
-    r"\bhurt(?:ing)? myself\b", r"better off without me", r"\bno reason to live\b",
+    r"\bhurt(?:ing)? myself\b", r"better off without me", r"\bno reason to live\b", r"\bcutting again\b",
+    r"don'?t want to be here anymore", r"\bif i was gone\b", r"pills (?:ready|saved)", r"going to the bridge",
+    r"can'?t do this anymore", r"took a bunch of pills",
 ]
 _HARM_OTHERS_PATTERNS = [
     r"(?:想|要|会|真想)(?:去)?杀(?:了|掉|死)?(?:他|她|他们|她们|人|全家)", r"同归于尽", r"报复社会", r"(?:弄死|掐死|捅死|砍死|毒死)(?:他|她|他们|我|我家|这)?",
     r"(?:拿|用)刀.{0,4}(?:捅|砍)", r"捅了?(?:他|她)", r"(?:让|叫)(?:他|她|他们|[^，。]{1,4})(?:一个个)?都(?:去)?死", r"让[^，。]{1,6}消失",
-    r"\bkill (?:him|her|them|everyone)\b",
+    r"\bkill (?:him|her|them|everyone)\b", r"\b(?:going|want) to hurt (?:my|him|her|them)\b",
+    r"(?:会|要|想)杀了我?(?:老板|领导|同学|室友|继父|老公|老婆|他|她)", r"带刀去", r"今晚就动手", r"付出代价.{0,6}动手|动手.{0,6}付出代价",
+    r"要让(?:他|她|他们)死", r"想掐(?:她|他|孩子)",
 ]
 # Uses of 死 and 杀 that are figures of speech, not risk.
 _CONFOUNDERS = re.compile(
     r"(?:累|笑|难|热|冷|饿|气|烦|吓|困|忙|急|丑|美|帅|痛|疼|馋|闷|尴尬|无聊)死(?:了|我了|人了|啦)?"
-    r"|死磕|死机|死循环|死线|deadline|想死你|想死我了|笑不活了|自杀式|杀时间|杀毒|杀价|秒杀|杀青|杀了这个bug"
+    r"|死磕|死机|死循环|死线|deadline|想死你|想死我了|笑不活了|自杀式|杀时间|杀毒|杀价|秒杀|杀青|杀了这个bug|跳楼价|跳楼甩卖|跳楼大甩卖"
 )
 # Third-person news/fiction/research context: only discounted when the user says nothing about themself.
 _THIRD_PARTY = re.compile(r"新闻|报道|小说|电影|电视剧|剧情|角色|主角|剧本|游戏里|历史上|结局|情节|作者|书里|书中|自杀率|统计|论文|研究|辩论")
 _FIRST_PERSON = re.compile(r"我(?!们)|自己|\bI\b|\bmy\b|\bme\b", re.IGNORECASE)
 # "I had such thoughts, I am better now": past risk, recovered, nothing current.
 _PAST = re.compile(r"去年|以前|曾经|几年前|那时|过去|之前|大学时|小时候|当年|前几年")
-_RECOVERED = re.compile(r"现在(?:已经)?(?:好多了|挺好|很好|好了|不会了|很久没)|已经(?:不会了|走出来|好了|很久没)|走出来|坚持治疗|康复|疤也淡")
+_RECOVERED = re.compile(r"现在.{0,4}(?:好多了|挺好|很好|好了|不错|不会了|很久没)|已经(?:不会了|走出来|好了|很久没)|走出来|坚持治疗|治疗了|康复|疤也淡|撑住了|撑过来|挺过来|现在有工作")
+# Professional, research or training questions about crisis, not a crisis.
+_PROFESSIONAL = re.compile(r"研究生|综述|论文|统计|培训|志愿者|接线员|来电者|临床上|怎么区分|怎么回应|预防|warning signs|prevention|guide for|research", re.IGNORECASE)
+_SELF_STATEMENT = re.compile(r"我(?:真的|好|很|就|已经|现在)?(?:想|要|准备|打算)(?:去)?(?:死|自杀|轻生|结束)")
 _CURRENT = re.compile(r"又|现在又|最近又|还是想|今天|此刻|现在就")
 
-_SELF_HARM = re.compile("|".join(_SELF_HARM_PATTERNS), re.IGNORECASE)
-_HARM_OTHERS = re.compile("|".join(_HARM_OTHERS_PATTERNS), re.IGNORECASE)
+# Python's \b treats Chinese characters as word characters ("就end it" has no \b before "end"):
+# English patterns use an ASCII-letter boundary instead.
+_ASCII_BOUNDARY = r"(?:(?<![A-Za-z])(?=[A-Za-z])|(?<=[A-Za-z])(?![A-Za-z]))"
+
+
+def _compile(patterns: list[str]) -> re.Pattern:
+    return re.compile("|".join(patterns).replace(r"\b", _ASCII_BOUNDARY), re.IGNORECASE)
+
+
+_SELF_HARM = _compile(_SELF_HARM_PATTERNS)
+_HARM_OTHERS = _compile(_HARM_OTHERS_PATTERNS)
 
 _REFERRAL = re.compile(
     r"热线|12356|400-?161-?9995|(?<!\d)12[03](?!\d)|(?<!\d)110(?!\d)|心理医生|精神科|心理科|急诊|医院"
@@ -90,6 +115,8 @@ def detect_crisis(text: str) -> CrisisResult:
     if not self_harm and not harm_others:
         return CrisisResult(False)
     if _THIRD_PARTY.search(cleaned) and not _FIRST_PERSON.search(cleaned):
+        return CrisisResult(False, matches=self_harm + harm_others)
+    if _PROFESSIONAL.search(cleaned) and not _SELF_STATEMENT.search(cleaned):
         return CrisisResult(False, matches=self_harm + harm_others)
     if _PAST.search(cleaned) and _RECOVERED.search(cleaned) and not _CURRENT.search(cleaned):
         return CrisisResult(False, matches=self_harm + harm_others)
