@@ -2,11 +2,13 @@
 
 Targets from the chat issue: recall >= 0.95 and false-positive rate <= 0.05,
 on messages that include confounders (累死了, 笑死, 死磕, news, fiction, past
-and recovered). bench/crisis_detector.py prints the figures for this set and
-for the held-out set.
+and recovered). Both sets here were used to develop the lexicon (error
+analysis); data/tests/crisis_holdout.csv was written independently and never
+tuned on: bench/crisis_detector.py reports all three.
 """
 
 import pandas as pd
+import pytest
 
 from conftest import ROOT
 from prep.safety import detect_crisis
@@ -21,8 +23,9 @@ def rates(path):
     return len(positives), len(negatives), recall, false_positive_rate
 
 
-def test_detector_meets_recall_and_false_positive_targets():
-    positives, negatives, recall, fpr = rates(ROOT / "data" / "tests" / "crisis_eval.csv")
+@pytest.mark.parametrize("name", ["crisis_eval.csv", "crisis_dev2.csv"])
+def test_detector_meets_recall_and_false_positive_targets(name):
+    positives, negatives, recall, fpr = rates(ROOT / "data" / "tests" / name)
     assert positives >= 60 and negatives >= 60
     assert recall >= 0.95, f"recall {recall:.3f}"
     assert fpr <= 0.05, f"false-positive rate {fpr:.3f}"
