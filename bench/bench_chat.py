@@ -1,0 +1,119 @@
+"""Chat latency: chat.py's engine versus LLaMA-Factory's ChatModel, side by side in one run.
+
+Time-to-first-token (TTFT) at turns 1, 5, 10 and 20 of one conversation, and
+decode tokens/s against a bare ``model.generate`` loop on the same prompt.
+Both engines load the same model folder and see the same history (greedy
+decoding; the history replies are the engine's own, which are identical).
+
+    python bench/bench_chat.py [--hidden 512 --layers 8] [--model DIR]
+
+Without --model it builds a randomly initialised Llama-3-shaped model (weights
+do not change speed); on a CPU-only machine the figures are CPU figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DISABLE_VERSION_CHECK", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from prep.chat import ChatSession, GenerationOptions  # noqa: E402
+from prep.prompts import DEFAULT_SYSTEM_PROMPT  # noqa: E402
+
+TURNS = (1, 5, 10, 20)
+MESSAGE = "我最近压力很大，晚上总是睡不着，白天也没精神，工作效率很低，不知道该怎么调整自己的状态。"
+
+
+def ours(model_dir: Path, new_tokens: int) -> tuple[dict[int, float], list[dict], float]:
+    session = ChatSession(model_dir, options=GenerationOptions(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0))
+    ttft, rates = {}, []
+    for turn in range(1, max(TURNS) + 1):
+        reply = session.ask(f"第{turn}轮：{MESSAGE}")
+        if turn in TURNS:
+            ttft[turn] = reply.ttft_s
+        rates.append(reply.tokens_per_s)
+    return ttft, list(session.history), statistics.median(rates)
+
+
+def llamafactory(model_dir: Path, history: list[dict], new_tokens: int) -> dict[int, float]:
+    from llamafactory.chat import ChatModel
+
+    chat_model = ChatModel(dict(model_name_or_path=str(model_dir), template="llama3", infer_backend="huggingface",
+                                trust_remote_code=False, do_sample=False, max_new_tokens=new_tokens, repetition_penalty=1.0))
+    ttft = {}
+    for turn in TURNS:
+        messages = history[: 2 * (turn - 1)] + [{"role": "user", "content": f"第{turn}轮：{MESSAGE}"}]
+        start = time.perf_counter()
+        stream = chat_model.stream_chat(messages, system=DEFAULT_SYSTEM_PROMPT)
+        next(stream)
+        ttft[turn] = time.perf_counter() - start
+        for _ in stream:
+            pass
+    return ttft
+
+
+def bare_generate(model_dir: Path, history: list[dict], new_tokens: int) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}] + history[:8] + [{"role": "user", "content": MESSAGE}]
+    ids = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                    add_special_tokens=False, return_tensors="pt")["input_ids"]
+    rates = []
+    for _ in range(3):
+        with torch.no_grad():
+            start = time.perf_counter()
+            model.generate(ids, max_new_tokens=1, do_sample=False)
+            prefill = time.perf_counter() - start
+            start = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            total = time.perf_counter() - start
+        generated = out.shape[1] - ids.shape[1]
+        rates.append((generated - 1) / max(total - prefill, 1e-9))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model
+        if model_dir is None:
+            from prep.tiny_model import build_tiny_model
+
+            model_dir = build_tiny_model(Path(tmp) / "model", [ROOT / "data" / "seed"], hidden_size=args.hidden,
+                                         layers=args.layers, heads=8, kv_heads=2, vocab_size=8000)
+        our_ttft, history, our_rate = ours(model_dir, args.new_tokens)
+        lf_ttft = llamafactory(model_dir, history, args.new_tokens)
+        bare_rate = bare_generate(model_dir, history, args.new_tokens)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"device: {device}; model: {args.model or f'random Llama, hidden {args.hidden}, {args.layers} layers'}")
+    print("| turn | chat.py TTFT (s) | LLaMA-Factory ChatModel TTFT (s) | ratio |")
+    print("|---|---|---|---|")
+    for turn in TURNS:
+        print(f"| {turn} | {our_ttft[turn]:.4f} | {lf_ttft[turn]:.4f} | {our_ttft[turn] / lf_ttft[turn]:.2f} |")
+    print(f"decode tokens/s: chat.py {our_rate:.1f}, bare model.generate {bare_rate:.1f}, ratio {our_rate / bare_rate:.2f}")
+    print(json.dumps({"device": device, "ttft_ours": our_ttft, "ttft_llamafactory": lf_ttft, "decode_ours": our_rate, "decode_bare": bare_rate}))
+
+
+if __name__ == "__main__":
+    main()
