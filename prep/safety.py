@@ -11,6 +11,7 @@ configured hotlines to a reply that lacks them.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 DEFAULT_HOTLINES: tuple[str, ...] = (
@@ -47,7 +48,13 @@ _SELF_HARM_PATTERNS = [
     r"(?:明天|以后)?(?:别|不要)再醒过?来", r"准备不在了", r"不在了.{0,8}(?:没有人|没人)(?:会)?(?:发现|在乎)",
     r"(?:我|自己)(?:就是|是)?(?:家里|大家|所有人)?的?累赘.{0,12}(?:消失|不在|死)", r"不如早点走了", r"早点去找(?:她|他)",
     r"让一切都停下来", r"(?:没什么|没有|了无)牵挂", r"送给.{0,12}去很远的地方", r"我死了.{0,6}(?:没人|没有人)",
-    r"我在(?:天台|楼顶|桥上|江边|河边)", r"永远地?停下来", r"想带着孩子一起走", r"(?:对|把)自己(?:饿垮|饿死)", r"故意不吃东西",
+    r"我在(?:天台|楼顶|顶楼|桥上|江边|河边|铁轨)", r"结束自己(?=$|[，。,.!！]|吧|了)", r"像?安排后事",
+    r"活着.{0,6}(?:拖累|浪费|没(?:有)?(?:什么)?意义|没意思)", r"撑不下去了", r"不在了.{0,10}(?:轻松|更好|解脱)",
+    r"我(?:死|走)了.{0,10}(?:保险|拿到钱|轻松|更好)", r"死了.{0,6}(?:保险|留点)", r"怎么死", r"死才不会", r"(?:慢慢)?饿死", r"一睡不醒", r"去那边找",
+    r"带着孩子一起走", r"把自己也一起", r"(?:永远|彻底)消失|消失.{0,8}永远", r"吞了.{0,4}(?:药|布洛芬|安眠药|农药)|吞了(?:半|一)瓶",
+    r"(?:不疼|不痛|无痛)的(?:办法|方法|方式)", r"手上(?:好多|全是|都是)血", r"(?:已经|又|刚)割了", r"受够了.{0,10}(?:走|死|结束)",
+    r"(?<![a-z])kms(?![a-z])", r"想s[，,。！ ]|想s$", r"(?<![a-z])zs(?![a-z])",
+    r"(?:再见|永别).{0,16}(?:打不通|联系不上|不回)|(?:打不通|联系不上).{0,16}(?:再见|永别)", r"永远地?停下来", r"想带着孩子一起走", r"(?:对|把)自己(?:饿垮|饿死)", r"故意不吃东西",
     r"(?:拳头|拳)砸自己", r"做得更彻底", r"(?:哪种|什么)方式最不痛苦", r"走进水里", r"开煤气", r"对自己做什么",
     # English and mixed
     r"\bsuicid", r"\bkill(?:ing)? myself\b", r"\bend(?:ing)? (?:my life|it all)\b", r"\bend it\b", r"\bself[- ]harm",
@@ -61,23 +68,59 @@ _HARM_OTHERS_PATTERNS = [
     r"(?:拿|用)刀.{0,4}(?:捅|砍)", r"捅了?(?:他|她)", r"(?:让|叫)(?:他|她|他们|[^，。]{1,4})(?:一个个)?都(?:去)?死", r"让[^，。]{1,6}消失",
     r"\bkill (?:him|her|them|everyone)\b", r"\b(?:going|want) to hurt (?:my|him|her|them)\b",
     r"(?:会|要|想)杀了我?(?:老板|领导|同学|室友|继父|老公|老婆|他|她)", r"带刀去", r"今晚就动手", r"付出代价.{0,6}动手|动手.{0,6}付出代价",
-    r"要让(?:他|她|他们)死", r"想掐(?:她|他|孩子)",
+    r"要让(?:他|她|他们)死", r"想掐(?:她|他|孩子)", r"陪葬", r"推下楼", r"杀了(?:那个|这个)(?:人|骗子|混蛋)", r"(?:带|拿)(?:把|着)?刀去",
 ]
 # Uses of 死 and 杀 that are figures of speech, not risk.
 _CONFOUNDERS = re.compile(
-    r"(?:累|笑|难|热|冷|饿|气|烦|吓|困|忙|急|丑|美|帅|痛|疼|馋|闷|尴尬|无聊)死(?:了|我了|人了|啦)?"
-    r"|死磕|死机|死循环|死线|deadline|想死你|想死我了|笑不活了|自杀式|杀时间|杀毒|杀价|秒杀|杀青|杀了这个bug|跳楼价|跳楼甩卖|跳楼大甩卖"
+    r"(?<!慢慢)(?:累|笑|难|热|冷|饿|气|烦|吓|困|忙|急|丑|美|帅|痛|疼|馋|闷|尴尬|无聊)死(?:了|我了|人了|啦)?"
+    r"|死磕|死机|死循环|死线|deadline|想死你|想死我了|笑不活了|自杀式|杀时间|杀毒|杀价|秒杀|杀青|杀了这个bug|跳楼价|跳楼甩卖|跳楼大甩卖|蹦极.{0,12}跳下去|跳伞|跳水|气得想杀人"
 )
 # Third-person news/fiction/research context: only discounted when the user says nothing about themself.
 _THIRD_PARTY = re.compile(r"新闻|报道|小说|电影|电视剧|剧情|角色|主角|剧本|游戏里|历史上|结局|情节|作者|书里|书中|自杀率|统计|论文|研究|辩论")
 _FIRST_PERSON = re.compile(r"我(?!们)|自己|\bI\b|\bmy\b|\bme\b", re.IGNORECASE)
 # "I had such thoughts, I am better now": past risk, recovered, nothing current.
-_PAST = re.compile(r"去年|以前|曾经|几年前|那时|过去|之前|大学时|小时候|当年|前几年")
+_PAST = re.compile(r"去年|以前|曾经|几年前|那时|那年|那段时间|过去|之前|大学时|小时候|当年|前几年")
 _RECOVERED = re.compile(r"现在.{0,4}(?:好多了|挺好|很好|好了|不错|不会了|很久没)|已经(?:不会了|走出来|好了|很久没)|走出来|坚持治疗|治疗了|康复|疤也淡|撑住了|撑过来|挺过来|现在有工作")
 # Professional, research or training questions about crisis, not a crisis.
-_PROFESSIONAL = re.compile(r"研究生|综述|论文|统计|培训|志愿者|接线员|来电者|临床上|怎么区分|怎么回应|预防|warning signs|prevention|guide for|research", re.IGNORECASE)
+_PROFESSIONAL = re.compile(r"研究生|综述|论文|统计|培训|志愿者|接线员|来电者|临床上|怎么区分|怎么回应|预防|复习|心理学|风险评估|期末"
+                           r"|warning signs|prevention|guide for|research|psych|ideation|final exam", re.IGNORECASE)
 _SELF_STATEMENT = re.compile(r"我(?:真的|好|很|就|已经|现在)?(?:想|要|准备|打算)(?:去)?(?:死|自杀|轻生|结束)")
 _CURRENT = re.compile(r"又|现在又|最近又|还是想|今天|此刻|现在就")
+
+# Means or places paired with preparation or finality ("药我已经攒了", "准备明天去海边，不回来了").
+_INSTRUMENT = r"(?:安眠药|农药|布洛芬|药|刀片|剃须刀|菜刀|刀|绳子|绳|煤气|木炭|炭)"
+_HEIGHT = r"(?:天台|楼顶|顶楼|铁轨|铁路|高架)"
+_WATER = r"(?:海边|江边|河边|湖边|水库|浴缸)"
+_PREPARED = r"(?:攒|买好|备好|准备好|拿出来|藏|想好|打算|选好|手里有|手里拿|放满|带上|够了)"
+_FINAL = r"(?:不回来|再也不|再见|永别|对不起你们|不给.{0,4}添麻烦|没脸|受够|撑不住|不在了|解脱|结束|消失|一了百了)"
+_COMPOSED = re.compile(
+    rf"{_INSTRUMENT}.{{0,12}}{_PREPARED}|{_PREPARED}.{{0,12}}{_INSTRUMENT}"
+    rf"|(?:去|在|站|坐|准备).{{0,6}}{_HEIGHT}|{_HEIGHT}.{{0,12}}{_FINAL}"
+    rf"|{_WATER}.{{0,16}}{_FINAL}|{_FINAL}.{{0,16}}{_WATER}"
+)
+_JOKE = re.compile(r"开玩笑|说着玩|哈哈|😂|🤣|(?<![a-z])(?:lol|jk)(?![a-z])", re.IGNORECASE)
+_SEPARATORS_IN_WORD = re.compile(r"(?<=[\u4e00-\u9fff])[$*#@._~·\-]+(?=[\u4e00-\u9fff])")
+_T2S = None
+
+
+def _to_simplified(text: str) -> str:
+    global _T2S
+    try:
+        if _T2S is None:
+            import opencc
+
+            _T2S = opencc.OpenCC("t2s")
+        return _T2S.convert(text)
+    except ImportError:  # opencc is a dependency; without it Traditional text is matched as written
+        return text
+
+
+def normalise_for_detection(text: str) -> str:
+    """Simplified characters, no tone marks (sǐ -> si), no symbols inside words (自$杀 -> 自杀), lower case."""
+    text = unicodedata.normalize("NFKD", _to_simplified(text or ""))
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return _SEPARATORS_IN_WORD.sub("", unicodedata.normalize("NFKC", text)).lower()
+
 
 # Python's \b treats Chinese characters as word characters ("就end it" has no \b before "end"):
 # English patterns use an ASCII-letter boundary instead.
@@ -109,8 +152,8 @@ class CrisisResult:
 
 def detect_crisis(text: str) -> CrisisResult:
     """Return whether ``text`` (a user's message) signals suicide, self-harm or harm to others."""
-    cleaned = _CONFOUNDERS.sub(" ", text or "")
-    self_harm = [m.group(0) for m in _SELF_HARM.finditer(cleaned)]
+    cleaned = _CONFOUNDERS.sub(" ", normalise_for_detection(text))
+    self_harm = [m.group(0) for m in _SELF_HARM.finditer(cleaned)] + [m.group(0) for m in _COMPOSED.finditer(cleaned)]
     harm_others = [m.group(0) for m in _HARM_OTHERS.finditer(cleaned)]
     if not self_harm and not harm_others:
         return CrisisResult(False)
@@ -120,6 +163,8 @@ def detect_crisis(text: str) -> CrisisResult:
         return CrisisResult(False, matches=self_harm + harm_others)
     if _PAST.search(cleaned) and _RECOVERED.search(cleaned) and not _CURRENT.search(cleaned):
         return CrisisResult(False, matches=self_harm + harm_others)
+    if harm_others and not self_harm and _JOKE.search(cleaned):
+        return CrisisResult(False, matches=harm_others)
     kind = "self_harm" if self_harm else "harm_others"
     return CrisisResult(True, kind, self_harm + harm_others)
 

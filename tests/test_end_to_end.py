@@ -80,3 +80,54 @@ def test_run_sft_demo_builds_trains_merges_and_answers(tmp_path):
     # The chat answer is the line after the question banner; it must be non-empty text.
     after = result.stdout.split("==> Asking the merged model:", 1)[1].splitlines()
     assert after[1].strip(), result.stdout[-2000:]
+
+
+def test_adapter_without_merging_gives_the_same_answers(merged_model, tiny_model):
+    question, answer, _ = QA[2]
+    result = run([sys.executable, "chat.py", "--model", str(tiny_model), "--adapter", str(merged_model.parent / "lora"),
+                  "--prompt", question, "--temperature", "0", "--repetition-penalty", "1.0"], cwd=ROOT, timeout=300)
+    assert result.stdout.strip() == answer
+
+
+def test_prefix_cache_changes_nothing_but_speed(merged_model):
+    from prep.chat import ChatSession, GenerationOptions
+
+    options = GenerationOptions(temperature=0, max_new_tokens=24, repetition_penalty=1.0)
+    replies = []
+    for reuse in (True, False):
+        session = ChatSession(merged_model, options=options, reuse_cache=reuse)
+        replies.append([session.ask(q).text for q, _, _ in QA] + [session.ask("我不想活了").text])
+    assert replies[0] == replies[1]
+
+
+def test_history_is_trimmed_from_the_oldest_turn(merged_model):
+    from prep.chat import ChatSession, GenerationOptions
+
+    session = ChatSession(merged_model, options=GenerationOptions(max_new_tokens=16), context_tokens=160)
+    for i in range(12):
+        session.history += [{"role": "user", "content": f"第{i}个问题"}, {"role": "assistant", "content": f"第{i}个回答"}]
+    prompt = session.tokenizer.decode(session._prompt_ids("最新的问题")[0])
+    assert prompt.count(session.system) == 1 and "最新的问题" in prompt
+    assert "第11个回答" in prompt and "第0个问题" not in prompt
+    assert session._prompt_ids("最新的问题").shape[1] <= 160 - 16
+
+
+def test_conversation_is_saved_only_on_request(merged_model, tmp_path):
+    saved = tmp_path / "talk.json"
+    before = set(tmp_path.iterdir())
+    run([sys.executable, str(ROOT / "chat.py"), "--model", str(merged_model), "--temperature", "0", "--max-new-tokens", "24"],
+        cwd=tmp_path, input=f"{QA[0][0]}\n/save {saved}\n/exit\n", timeout=300)
+    assert set(tmp_path.iterdir()) - before == {saved}
+    data = json.loads(saved.read_text(encoding="utf-8"))
+    assert [m["role"] for m in data["messages"]] == ["user", "assistant"] and data["messages"][0]["content"] == QA[0][0]
+
+
+def test_template_mismatch_is_refused(merged_model, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(merged_model, copy)
+    chatml = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+    (copy / "chat_template.jinja").write_text(chatml, encoding="utf-8")
+    result = subprocess.run([sys.executable, "chat.py", "--model", str(copy), "--prompt", "你好"], cwd=ROOT, env=tool_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "does not match LLaMA-Factory's 'llama3' template" in result.stderr and "Traceback" not in result.stderr
