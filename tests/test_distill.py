@@ -1,0 +1,175 @@
+"""prep distill against real HTTP servers on 127.0.0.1: a scriptable fake and llamafactory-cli api."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from browser import free_port, wait_for_http
+from conftest import ROOT, tool_env
+from fake_openai import Behaviour, FakeOpenAI, prompt_hash
+from prep.build import BuildOptions, build
+from prep.distill import DistillConfig, distill, plan, read_journal
+
+SECRET = "sk-test-SECRETKEY-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+def config(tmp_path: Path, base_url: str, **changes) -> DistillConfig:
+    defaults = dict(out=tmp_path / "journal.jsonl", base_url=base_url, model="teacher-x", requests=24, pairs_per_request=4,
+                    concurrency=8, timeout_s=1.0, backoff_base_s=0.05, backoff_max_s=0.5, max_attempts=6, progress=False)
+    return DistillConfig(**{**defaults, **changes})
+
+
+def journal_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_exact_ok_counts_under_transient_faults(tmp_path):
+    behaviour = Behaviour(latency_s=0.02, fail_share=0.3, fail_status=500, timeout_share=0.15, timeout_sleep_s=5,
+                          malformed_share=0.15)
+    with FakeOpenAI(behaviour) as url:
+        stats = distill(config(tmp_path, url))
+    entries = journal_lines(tmp_path / "journal.jsonl")
+    assert [e["status"] for e in entries] == ["ok"] * 24
+    assert len({e["request_id"] for e in entries}) == 24
+    assert all(len(e["pairs"]) == 4 and e["pairs"][0][0]["role"] == "user" for e in entries)
+    assert stats.ok == 24 and stats.retries > 0 and stats.pairs == 96
+    retried = [e for e in entries if e["attempts"] > 1]
+    assert retried and all(e["endpoint_host"].startswith("127.0.0.1:") for e in entries)
+
+
+def test_429_retry_after_pauses_every_worker(tmp_path):
+    fake = FakeOpenAI(Behaviour(fail_share=0.5, fail_status=429, retry_after_s=0.6))
+    with fake as url:
+        stats = distill(config(tmp_path, url, requests=12, backoff_base_s=0.01))
+    assert stats.ok == 12
+    limited = [r["time"] for r in fake.requests if r["status"] == 429]
+    first_limit = min(limited)
+    # Past the first burst (requests already in flight), nothing is sent until retry-after has passed.
+    assert not [r for r in fake.requests if first_limit + 0.15 < r["time"] < first_limit + 0.5]
+
+
+def test_no_retry_on_400_and_stop_on_bad_key_or_no_quota(tmp_path):
+    with FakeOpenAI(Behaviour(fail_share=1.0, fail_status=400, fail_times=5)) as url:
+        stats = distill(config(tmp_path, url, requests=3))
+    assert stats.failed == 3 and stats.retries == 0
+    assert all("HTTP 400" in e["error"] for e in journal_lines(tmp_path / "journal.jsonl"))
+
+    with FakeOpenAI(Behaviour(api_key="another-key")) as url:
+        result = subprocess.run([sys.executable, "-m", "prep.cli", "distill", "--out", str(tmp_path / "j2.jsonl"), "--base-url", url,
+                                 "--requests", "3"], capture_output=True, text=True, env=tool_env(), cwd=ROOT)
+    assert result.returncode == 3
+    assert "the API key was refused (401)" in result.stderr and SECRET not in result.stderr + result.stdout
+
+    with FakeOpenAI(Behaviour(quota_exhausted=True)) as url:
+        stats = distill(config(tmp_path, url, out=tmp_path / "j3.jsonl", requests=5))
+    assert stats.stopped and "insufficient_quota" in stats.stopped and stats.ok == 0
+
+
+def test_length_keeps_complete_pairs_and_refusal_is_a_parse_error(tmp_path):
+    with FakeOpenAI(Behaviour(length_share=1.0)) as url:
+        distill(config(tmp_path, url, requests=2))
+    entries = journal_lines(tmp_path / "journal.jsonl")
+    assert [e["status"] for e in entries] == ["truncated", "truncated"]
+    assert all(len(e["pairs"]) == 3 and e["finish_reason"] == "length" for e in entries)
+
+    with FakeOpenAI(Behaviour(refusal_share=1.0)) as url:
+        distill(config(tmp_path, url, out=tmp_path / "r.jsonl", requests=2))
+    refused = journal_lines(tmp_path / "r.jsonl")
+    assert [e["status"] for e in refused] == ["parse_error", "parse_error"] and all(e["raw"] for e in refused)
+
+
+def test_multi_turn_ratio_asks_for_dialogues(tmp_path):
+    with FakeOpenAI() as url:
+        distill(config(tmp_path, url, requests=20, multi_turn_ratio=0.5))
+    entries = journal_lines(tmp_path / "journal.jsonl")
+    multi = [e for e in entries if e["multi_turn"]]
+    assert 4 <= len(multi) <= 16 and {e["template_id"] for e in multi} == {"multi_turn"}
+    assert all(len(conv) == 4 for e in multi for conv in e["pairs"])
+
+
+def test_resume_after_sigkill_loses_nothing_and_repeats_nothing(tmp_path):
+    journal = tmp_path / "journal.jsonl"
+    fake = FakeOpenAI(Behaviour(latency_s=0.3))
+    with fake as url:
+        command = [sys.executable, "-m", "prep.cli", "distill", "--out", str(journal), "--base-url", url, "--model", "teacher-x",
+                   "--requests", "40", "--pairs-per-request", "3", "--concurrency", "4"]
+        process = subprocess.Popen(command, env=tool_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline and (not journal.exists() or journal.read_text(encoding="utf-8").count("\n") < 8):
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        before = read_journal(journal)
+        assert 8 <= len(before) < 40
+        seen_before = len(fake.requests)
+        subprocess.run(command, env=tool_env(), cwd=ROOT, check=True, capture_output=True)
+    after = journal_lines(journal)
+    ids = [e["request_id"] for e in after]
+    assert len(ids) == len(set(ids)) == 40 and all(e["status"] == "ok" for e in after)
+    specs = plan(DistillConfig(out=journal, model="teacher-x", requests=40, pairs_per_request=3))
+    hash_of = {s.request_id: prompt_hash([{"role": "user", "content": s.prompt}]) for s in specs}
+    resent = {r["prompt_hash"] for r in fake.requests[seen_before:]}
+    assert not resent & {hash_of[rid] for rid in before}, "a request journalled as ok was sent again"
+
+
+def test_api_key_is_written_nowhere(tmp_path):
+    with FakeOpenAI(Behaviour(fail_share=1.0, fail_status=500, fail_times=10)) as url:
+        distill(config(tmp_path, url, requests=2, max_attempts=2))
+    with FakeOpenAI() as url:
+        distill(config(tmp_path, url, requests=2))
+    build([tmp_path / "journal.jsonl"], BuildOptions(name="d", dataset_dir=tmp_path, test_size=0))
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_build_reads_the_journal_with_provenance(tmp_path):
+    with FakeOpenAI(Behaviour(fail_share=0.25, fail_status=500, fail_times=10)) as url:
+        distill(config(tmp_path, url, requests=8, max_attempts=2))
+    report = build([tmp_path / "journal.jsonl"], BuildOptions(name="d", dataset_dir=tmp_path, test_size=0))
+    failed = sum(1 for e in journal_lines(tmp_path / "journal.jsonl") if e["status"] == "failed")
+    assert failed >= 1
+    assert report["rows_in"] == report["kept"] + report["duplicates"] + report["rejected"]
+    assert report["rejected_by_reason"].get("distill_failed") == failed
+    # The fake teacher repeats its question pattern, so near-dedup merges many: every pair is still accounted for.
+    assert report["kept"] + report["duplicates"] == (8 - failed) * 4 and report["by_origin"] == {"distilled": report["kept"]}
+    rejected = [json.loads(x) for x in (tmp_path / "data" / "d_rejected.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert all(r["provenance"]["teacher"] == "teacher-x" and r["provenance"]["request_id"] for r in rejected)
+
+
+@pytest.mark.slow
+def test_against_llamafactory_api_serving_the_tiny_model(tmp_path, merged_model):
+    """A real peer: the distiller runs end to end; gibberish answers are journalled, not a crash."""
+    port = free_port()
+    chat_yaml = tmp_path / "api.yaml"
+    chat_yaml.write_text(f"model_name_or_path: {merged_model}\ntemplate: llama3\ninfer_backend: huggingface\n"
+                         "trust_remote_code: false\n", encoding="utf-8")
+    env = {**tool_env(), "API_PORT": str(port), "API_HOST": "127.0.0.1"}
+    server = subprocess.Popen(["llamafactory-cli", "api", str(chat_yaml)], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/v1/models", server)
+        result = subprocess.run([sys.executable, "-m", "prep.cli", "distill", "--out", str(tmp_path / "j.jsonl"), "--base-url",
+                                 f"http://127.0.0.1:{port}/v1", "--model", "tiny", "--requests", "3", "--max-tokens", "32"],
+                                env=tool_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert result.returncode == 0, result.stderr
+    entries = journal_lines(tmp_path / "j.jsonl")
+    assert len(entries) == 3 and {e["status"] for e in entries} <= {"ok", "truncated", "parse_error"}
+    assert all(e["usage"]["completion_tokens"] for e in entries)
