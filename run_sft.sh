@@ -65,9 +65,9 @@ if [[ "$MODE" == demo ]]; then
   llamafactory-cli train "$CONFIG" || die 10 "training failed (see the output above)."
   step "Merging the adapter: llamafactory-cli export $MERGE_CONFIG"
   llamafactory-cli export "$MERGE_CONFIG" || die 11 "merge failed (see the output above)."
-  QUESTION="我最近总是失眠，躺在床上脑子停不下来，怎么办？"
-  step "Asking the merged model: $QUESTION"
-  python chat.py --model "$MERGED" --prompt "$QUESTION" --max-new-tokens 96 || die 12 "chat.py failed."
+  QUESTION=$(python -c 'import json; print(json.load(open("data/'"$DATA_NAME"'_alpaca.json", encoding="utf-8"))[0]["instruction"])')
+  step "Asking the merged model a question it was trained on: $QUESTION"
+  python chat.py --model "$MERGED" --prompt "$QUESTION" --max-new-tokens 160 --temperature 0 || die 12 "chat.py failed."
   echo
   echo "Loss curve:   $OUT/training_loss.png (eval: $OUT/training_eval_loss.png)"
   echo "Merged model: $MERGED"

@@ -78,7 +78,7 @@ def test_run_sft_demo_builds_trains_merges_and_answers(tmp_path):
     registry = json.loads((repo / "dataset_info.json").read_text(encoding="utf-8"))
     assert {"psy_seed_alpaca", "psy_seed_sharegpt", "psy_seed_test"} <= registry.keys()
     # The chat answer is the line after the question banner; it must be non-empty text.
-    after = result.stdout.split("==> Asking the merged model:", 1)[1].splitlines()
+    after = result.stdout.split("==> Asking the merged model", 1)[1].splitlines()
     assert after[1].strip(), result.stdout[-2000:]
 
 
