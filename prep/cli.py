@@ -97,6 +97,51 @@ def distill_command(
         raise typer.Exit(3)
 
 
+@app.command("run-check")
+def run_check_command(
+    config: Annotated[Path, typer.Option("--config", help="LLaMA-Factory training YAML.")],
+    output: Annotated[Optional[Path], typer.Option("--output", help="Run folder (default: parent of the config's output_dir).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model folder or hub id overriding the config.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Comma-separated dataset names overriding the config.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite a finished run.")] = False,
+    write: Annotated[bool, typer.Option("--write/--no-write", help="Write run_config.yaml and the manifest.")] = False,
+    command: Annotated[str, typer.Option("--command", help="The command line, recorded in the manifest.")] = "",
+) -> None:
+    """Check a training run before it starts; print the run folder (and write its manifest with --write)."""
+    from prep.runs import check_run, resolve, start_manifest
+
+    resolved, run_dir = resolve(config, output, model, dataset, resume)
+    check_run(resolved, run_dir, resume, force)
+    if write:
+        start_manifest(resolved, run_dir, command)
+    else:
+        import yaml
+
+        typer.echo(yaml.safe_dump(resolved, allow_unicode=True, sort_keys=False), err=True)
+    typer.echo(run_dir)
+
+
+@app.command("run-finish")
+def run_finish_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
+    exit_code: Annotated[int, typer.Option("--exit-code")] = 0,
+    stage: Annotated[str, typer.Option("--stage")] = "train",
+) -> None:
+    """Record the end of a run in its manifest."""
+    from prep.runs import finish_manifest
+
+    finish_manifest(run_dir, exit_code, stage)
+
+
+@app.command("report-run")
+def report_run_command(run_dir: Annotated[Path, typer.Argument(help="Run folder (or a LoRA output folder).")]) -> None:
+    """Summarise a run's trainer log: losses, best checkpoint, tokens/s, wall time, loss plots (writes report.md)."""
+    from prep.runs import report_run
+
+    typer.echo(report_run(run_dir))
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:

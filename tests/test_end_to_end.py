@@ -61,27 +61,6 @@ def test_chat_refuses_unfinished_model_folder(tmp_path):
     assert result.stderr.strip() == f"error: {tmp_path}: no weights (*.safetensors); the export did not finish."
 
 
-def test_run_sft_demo_builds_trains_merges_and_answers(tmp_path):
-    """`bash run_sft.sh demo` in a fresh copy of the repo, as `make demo` runs it."""
-    repo = tmp_path / "repo"
-    skip = shutil.ignore_patterns(".venv", ".git", "runs", "models", "__pycache__", ".pytest_cache", "*.egg-info")
-    shutil.copytree(ROOT, repo, ignore=skip)
-    for generated in (repo / "data").glob("*.json*"):
-        generated.unlink()
-    result = run(["bash", "run_sft.sh", "demo"], cwd=repo, timeout=900)
-    assert "Merged model: runs/demo/merged" in result.stdout
-    lora, merged = repo / "runs" / "demo" / "lora", repo / "runs" / "demo" / "merged"
-    assert (merged / "config.json").exists() and any(merged.glob("*.safetensors"))
-    assert (lora / "training_loss.png").stat().st_size > 1000 and (lora / "training_eval_loss.png").exists()
-    log = [json.loads(line) for line in (lora / "trainer_log.jsonl").read_text().splitlines()]
-    assert any("eval_loss" in entry for entry in log), "val_size/eval_steps produced no eval loss"
-    registry = json.loads((repo / "dataset_info.json").read_text(encoding="utf-8"))
-    assert {"psy_seed_alpaca", "psy_seed_sharegpt", "psy_seed_test"} <= registry.keys()
-    # The chat answer is the line after the question banner; it must be non-empty text.
-    after = result.stdout.split("==> Asking the merged model", 1)[1].splitlines()
-    assert after[1].strip(), result.stdout[-2000:]
-
-
 def test_adapter_without_merging_gives_the_same_answers(merged_model, tiny_model):
     question, answer, _ = QA[2]
     result = run([sys.executable, "chat.py", "--model", str(tiny_model), "--adapter", str(merged_model.parent / "lora"),
@@ -131,3 +110,52 @@ def test_template_mismatch_is_refused(merged_model, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "does not match LLaMA-Factory's 'llama3' template" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_sft_demo_then_checks_that_fail_fast(tmp_path):
+    """`bash run_sft.sh demo` in a fresh copy of the repo (as `make demo` runs it), then every
+    pre-run check on the finished run: exit 2 and one clear sentence each, before any model loads."""
+    repo = tmp_path / "repo"
+    skip = shutil.ignore_patterns(".venv", ".git", "runs", "models", "__pycache__", ".pytest_cache", "*.egg-info", "artifacts")
+    shutil.copytree(ROOT, repo, ignore=skip)
+
+    def sft(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "run_sft.sh", *args], cwd=repo, env=tool_env(), capture_output=True, text=True, timeout=600)
+
+    for generated in (repo / "data").glob("*.json*"):
+        generated.unlink()
+    demo = sft("demo")
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    assert "Merged model: runs/demo/merged" in demo.stdout
+    lora, merged = repo / "runs" / "demo" / "lora", repo / "runs" / "demo" / "merged"
+    assert (merged / "config.json").exists() and any(merged.glob("*.safetensors"))
+    assert (lora / "training_loss.png").stat().st_size > 1000 and (lora / "training_eval_loss.png").exists()
+    log = [json.loads(line) for line in (lora / "trainer_log.jsonl").read_text().splitlines()]
+    assert any("eval_loss" in entry for entry in log), "val_size/eval_steps produced no eval loss"
+    losses = [entry["loss"] for entry in log if "loss" in entry]
+    assert losses[-1] < losses[0] - 2, f"the demo did not learn: {losses}"
+    registry = json.loads((repo / "dataset_info.json").read_text(encoding="utf-8"))
+    assert {"psy_seed_alpaca", "psy_seed_sharegpt", "psy_seed_test"} <= registry.keys()
+    after = demo.stdout.split("==> Asking the merged model", 1)[1].splitlines()
+    assert after[1].strip(), demo.stdout[-2000:]  # the chat answer is printed after the banner
+    manifest = json.loads((repo / "runs" / "demo" / "run_manifest.json").read_text(encoding="utf-8"))
+    assert manifest["status"] == "finished" and manifest["exit_code"] == 0
+    assert manifest["datasets"] and all(len(h) == 64 for h in manifest["datasets"].values())
+    assert manifest["packages"]["llamafactory"] == "0.9.5" and "commit" in manifest["git"]
+    report = (repo / "runs" / "demo" / "report.md").read_text(encoding="utf-8")
+    assert "best eval loss" in report and "training_loss.png" in report
+
+    cpu_config = ["--config", "factory_configs/demo_cpu_lora_sft.yaml"]
+    cases = [
+        (cpu_config, "holds a finished run; pass --force"),
+        (cpu_config + ["--dataset", "nope_alpaca"], "dataset 'nope_alpaca' is not in"),
+        (cpu_config + ["--model", "/no/such/model", "--force"], "model folder '/no/such/model' not found"),
+        (cpu_config + ["--output", "runs/fresh", "--resume"], "--resume: no checkpoint-*"),
+        ([], "needs a CUDA GPU"),
+    ]
+    for args, message in cases:
+        result = sft(*args, "--dry-run")
+        assert result.returncode == 2, (args, result.stdout[-500:], result.stderr[-500:])
+        assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr[-1000:])
+    ok = sft(*cpu_config, "--resume", "--dry-run")
+    assert ok.returncode == 0 and "all checks passed" in ok.stdout

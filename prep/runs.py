@@ -1,0 +1,239 @@
+"""Training runs: checks before a run, the run manifest, and the loss report after it.
+
+``run_sft.sh`` calls these through ``prep run-check``, ``prep run-manifest`` and
+``prep report-run``. A run folder holds ``run_config.yaml`` (the resolved
+config the run used), ``run_manifest.json``, ``lora/`` (adapter, checkpoints,
+trainer logs, loss PNGs), ``merged/`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from prep.errors import PrepError
+from prep.fsutil import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("llamafactory", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "psy-counsel-prep")
+
+
+def load_config(path: Path) -> dict:
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PrepError(f"--config {path}: no such file.") from None
+    except yaml.YAMLError as err:
+        raise PrepError(f"--config {path}: not valid YAML ({type(err).__name__}).") from None
+    if not isinstance(config, dict):
+        raise PrepError(f"--config {path}: expected a YAML mapping of LLaMA-Factory arguments.")
+    return config
+
+
+def resolve(config_path: Path, run_dir: Path | None, model: str | None, dataset: str | None, resume: bool) -> tuple[dict, Path]:
+    """The training config with the command-line choices applied, and the run folder."""
+    config = load_config(config_path)
+    run_dir = Path(run_dir) if run_dir else Path(config.get("output_dir", "runs/run/lora")).parent
+    config["output_dir"] = str(run_dir / "lora")
+    if model:
+        config["model_name_or_path"] = model
+    if dataset:
+        config["dataset"] = dataset
+    config["overwrite_output_dir"] = not resume
+    return config, run_dir
+
+
+def _looks_local(model: str) -> bool:
+    return model.startswith(("/", ".", "~")) or Path(model).exists() or model.count("/") != 1
+
+
+def _wants_gpu(config: dict) -> bool:
+    return bool(config.get("bf16") or config.get("fp16") or config.get("quantization_bit") or config.get("deepspeed"))
+
+
+def check_datasets(config: dict) -> list[Path]:
+    """Every dataset named in the config is registered and its file is present and non-empty."""
+    dataset_dir = Path(config.get("dataset_dir", "data"))
+    registry_path = dataset_dir / "dataset_info.json"
+    try:
+        registry = json.loads(registry_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PrepError(f"{registry_path}: no dataset registry; run 'prep build ... --name NAME' first.") from None
+    except json.JSONDecodeError as err:
+        raise PrepError(f"{registry_path}: not valid JSON ({err.msg} at line {err.lineno}).") from None
+    files = []
+    for name in str(config.get("dataset", "")).split(","):
+        name = name.strip()
+        if not name:
+            continue
+        if name not in registry:
+            raise PrepError(f"dataset '{name}' is not in {registry_path}; run 'prep build ... --name {name.rsplit('_', 1)[0]}' or fix 'dataset'.")
+        file = dataset_dir / registry[name].get("file_name", "")
+        if not file.is_file() or file.stat().st_size <= 2:
+            raise PrepError(f"dataset '{name}': {file} is missing or empty; run 'prep build' to write it.")
+        files.append(file)
+    if not files:
+        raise PrepError("the config names no dataset; set 'dataset' or pass --dataset NAMES.")
+    return files
+
+
+def check_run(config: dict, run_dir: Path, resume: bool, force: bool) -> None:
+    """Everything that would otherwise fail after the model has loaded, as one sentence each."""
+    if _wants_gpu(config):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PrepError("this config needs a CUDA GPU (bf16/fp16/quantization/deepspeed) and none was found; use 'bash run_sft.sh demo' on CPU.")
+    model = str(config.get("model_name_or_path", ""))
+    if not model:
+        raise PrepError("the config has no model_name_or_path; pass --model PATH_OR_ID.")
+    if _looks_local(model):
+        if not (Path(model).expanduser() / "config.json").is_file():
+            raise PrepError(f"model folder '{model}' not found or has no config.json; pass --model with a local folder or a hub id.")
+    elif os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise PrepError(f"model '{model}' is a hub id but HF_HUB_OFFLINE=1; download it first or pass --model with a local folder.")
+    check_datasets(config)
+    manifest = _read_manifest(run_dir)
+    if resume:
+        if not any((run_dir / "lora").glob("checkpoint-*")):
+            raise PrepError(f"--resume: no checkpoint-* in {run_dir / 'lora'} to continue from.")
+    elif manifest.get("status") == "finished" and not force:
+        raise PrepError(f"{run_dir} holds a finished run; pass --force to overwrite it, --resume to continue, or --output DIR.")
+    _parse_with_llamafactory(config)
+
+
+def _parse_with_llamafactory(config: dict) -> None:
+    from llamafactory.hparams import get_train_args
+
+    checked = dict(config)
+    if _wants_gpu(checked):
+        checked.pop("deepspeed", None)  # DeepSpeed itself is checked at launch, not by the parser
+    try:
+        get_train_args(checked)
+    except (ValueError, TypeError, KeyError) as err:
+        raise PrepError(f"LLaMA-Factory rejects the config: {str(err).splitlines()[0]}") from None
+    except SystemExit:
+        raise PrepError("LLaMA-Factory rejects the config (unknown or malformed keys).") from None
+
+
+def _read_manifest(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "run_manifest.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _git() -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _gpus() -> list[str]:
+    try:
+        import torch
+
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # no CUDA runtime at all
+        return []
+
+
+def start_manifest(config: dict, run_dir: Path, command: str) -> Path:
+    """Write the resolved config and a manifest with status 'running'."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "run_config.yaml"
+    atomic_write_text(config_path, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    manifest = {
+        "status": "running",
+        "command": command,
+        "config": config,
+        "git": _git(),
+        "datasets": {str(p): _sha256(p) for p in check_datasets(config)},
+        "packages": versions,
+        "python": platform.python_version(),
+        "gpus": _gpus(),
+        "start": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(run_dir / "run_manifest.json", manifest)
+    return config_path
+
+
+def finish_manifest(run_dir: Path, exit_code: int, stage: str) -> None:
+    manifest = _read_manifest(run_dir)
+    manifest.update(
+        status="finished" if exit_code == 0 else f"failed ({stage})",
+        exit_code=exit_code,
+        end=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    atomic_write_json(run_dir / "run_manifest.json", manifest)
+
+
+def report_run(run_dir: Path) -> str:
+    """A Markdown summary of a run: losses, best checkpoint, speed, wall time, plots."""
+    run_dir = Path(run_dir)
+    lora = run_dir / "lora" if (run_dir / "lora").is_dir() else run_dir
+    log_path = lora / "trainer_log.jsonl"
+    if not log_path.is_file():
+        raise PrepError(f"{log_path}: no trainer log; is {run_dir} a run folder (llamafactory-cli train output)?")
+    entries = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train = [e for e in entries if e.get("loss") is not None]
+    evals = [e for e in entries if e.get("eval_loss") is not None]
+    state = {}
+    for candidate in [lora / "trainer_state.json", *sorted(lora.glob("checkpoint-*/trainer_state.json"))]:
+        if candidate.is_file():
+            state = json.loads(candidate.read_text(encoding="utf-8"))
+    results = json.loads((lora / "all_results.json").read_text(encoding="utf-8")) if (lora / "all_results.json").is_file() else {}
+    best = min(evals, key=lambda e: e["eval_loss"]) if evals else None
+    manifest = _read_manifest(run_dir)
+    lines = [f"# Run report: {run_dir}", ""]
+    if manifest:
+        lines += [f"status **{manifest.get('status')}**, git {str((manifest.get('git') or {}).get('commit'))[:10]}"
+                  f"{' (dirty)' if (manifest.get('git') or {}).get('dirty') else ''}, started {manifest.get('start')}, ended {manifest.get('end')}", ""]
+    lines += ["| metric | value |", "|---|---|",
+              f"| steps | {train[-1].get('current_steps') if train else 0} / {train[-1].get('total_steps') if train else 0} |",
+              f"| first / last train loss | {train[0]['loss'] if train else '-'} / {train[-1]['loss'] if train else '-'} |",
+              f"| best eval loss | {best['eval_loss'] if best else '-'} at step {best.get('current_steps') if best else '-'} |",
+              f"| best checkpoint | {state.get('best_model_checkpoint') or state.get('best_global_step') or '-'} |",
+              f"| train runtime (s) | {results.get('train_runtime', '-')} |",
+              f"| train samples/s | {results.get('train_samples_per_second', '-')} |",
+              f"| tokens/s | {_tokens_per_second(entries, results)} |"]
+    for png in ("training_loss.png", "training_eval_loss.png"):
+        if (lora / png).is_file():
+            lines += ["", f"![{png}]({(lora / png).relative_to(run_dir)})"]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(run_dir / "report.md", text)
+    return text
+
+
+def _tokens_per_second(entries: list[dict], results: dict) -> str:
+    tokens = results.get("num_input_tokens_seen") or next((e.get("num_input_tokens_seen") for e in reversed(entries) if e.get("num_input_tokens_seen")), None)
+    runtime = results.get("train_runtime")
+    if tokens and runtime:
+        return f"{tokens / runtime:.1f}"
+    return "- (set include_num_input_tokens_seen: true)"
