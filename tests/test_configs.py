@@ -1,10 +1,13 @@
 """Every YAML under factory_configs/ goes through LLaMA-Factory's own argument parser.
 
-A typo or an incompatible option then fails CI instead of a GPU run. The only
-change made for this CPU machine: bf16 is switched off (LLaMA-Factory refuses
-bf16 without a GPU); everything else is parsed as written.
+A typo or an incompatible option then fails CI instead of a GPU run. What this
+CPU machine cannot check is set aside, and only that: bf16 and tf32 are switched
+off (refused without a GPU), so are Liger's Triton GPU kernels, the DeepSpeed JSON is checked on its own (DeepSpeed
+needs CUDA to install), and a vLLM chat config is parsed with the huggingface
+backend (vLLM needs CUDA); everything else is parsed as written.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,8 +31,15 @@ def test_config_parses_with_llamafactory(path: Path):
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert config.get("trust_remote_code") is False
     assert config.get("template") == "llama3"
-    if config.get("do_train"):
-        config["bf16"] = False
+    for gpu_only in ("bf16", "tf32", "enable_liger_kernel"):
+        if config.get(gpu_only):
+            config[gpu_only] = False
+    if "deepspeed" in config:
+        deepspeed = json.loads((ROOT / config.pop("deepspeed")).read_text(encoding="utf-8"))
+        assert deepspeed["zero_optimization"]["stage"] in (2, 3) and deepspeed["bf16"]["enabled"] == "auto"
+    if config.get("infer_backend") == "vllm":
+        config["infer_backend"] = "huggingface"
+    if config.get("do_train") or config.get("do_predict"):
         model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
         assert data_args.dataset_dir == "." and finetuning_args.finetuning_type == "lora"
         if training_args.load_best_model_at_end:
