@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export DISABLE_VERSION_CHECK := 1
 
-.PHONY: setup install browser demo test clean-runs
+.PHONY: setup install browser demo loop-demo test clean-runs
 
 setup: $(BIN)/python
 
@@ -33,6 +33,9 @@ browser:
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash run_sft.sh demo
+
+loop-demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash loop_demo.sh
 
 test: install browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q

@@ -117,6 +117,7 @@ class ChatSession:
     quantization: str | None = None  # "4bit" | "8bit" (CUDA + bitsandbytes)
     template: str | None = "llama3"  # LLaMA-Factory template the model was trained with; None skips the check
     reuse_cache: bool = True
+    guard: bool = True  # the crisis guard; evaluation switches it off to score the model alone
     history: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -254,7 +255,7 @@ class ChatSession:
             self._cache = output["result"].past_key_values
             self._cache_ids = sequence.tolist()[: self._cache.get_seq_length()]
         text = "".join(pieces).strip()
-        final, added = ensure_referral(text, self.hotlines) if crisis else (text, False)
+        final, added = ensure_referral(text, self.hotlines) if crisis and self.guard else (text, False)
         if added:
             yield final[len(text):]
         generated = int(sequence.shape[0] - input_ids.shape[1])

@@ -142,6 +142,65 @@ def report_run_command(run_dir: Annotated[Path, typer.Argument(help="Run folder 
     typer.echo(report_run(run_dir))
 
 
+@app.command("eval")
+def eval_command(
+    out: Annotated[Path, typer.Option("--out", help="Evaluation folder (candidates.jsonl, metrics.json, report).")],
+    model: Annotated[Optional[Path], typer.Option("--model", help="Merged model folder, run locally.")] = None,
+    base_url: Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible endpoint instead of --model.")] = None,
+    endpoint_model: Annotated[str, typer.Option("--endpoint-model", help="Model name at --base-url.")] = "default",
+    plan: Annotated[Optional[Path], typer.Option("--plan", help="Test plan CSV (default data/tests/test_plan.csv).")] = None,
+    test_split: Annotated[Optional[Path], typer.Option("--test-split", help="Held-out NAME_test.json from prep build.")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Answers per question (K).")] = 1,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many cases of each kind.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 512,
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p")] = 0.9,
+    judge_url: Annotated[Optional[str], typer.Option("--judge-base-url", help="OpenAI-compatible endpoint of an LLM judge.")] = None,
+    judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="Judge model name.")] = None,
+    label: Annotated[str, typer.Option("--label", help="Name of this evaluation in the trend.")] = "",
+    compare: Annotated[Optional[Path], typer.Option("--compare", help="Another evaluation folder to show side by side (e.g. the base model).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Evaluate a model on the test plan: refusal P/R/F1, crisis referral, ROUGE-L/BLEU, judge, latency."""
+    from prep.eval_report import build_report
+    from prep.evaluate import DEFAULT_PLAN, EndpointModel, EvalOptions, LocalModel, load_plan, run_eval
+    from prep.judge import Judge
+
+    if (model is None) == (base_url is None):
+        raise PrepError("give exactly one of --model DIR or --base-url URL.")
+    cases = load_plan(plan or DEFAULT_PLAN, test_split, limit)
+    generation = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    if model is not None:
+        runner = LocalModel(model, DEFAULT_SYSTEM_PROMPT, max_new_tokens, temperature, top_p)
+        manifest = model.parent / "run_manifest.json"
+        info = {"model_dir": str(model), "run_manifest": str(manifest) if manifest.exists() else None}
+    else:
+        runner = EndpointModel(base_url, endpoint_model, DEFAULT_SYSTEM_PROMPT, max_new_tokens, temperature, top_p)
+        info = {"endpoint": base_url, "model": endpoint_model}
+    judge = Judge(judge_url, judge_model) if judge_url and judge_model else None
+    summary = run_eval(runner, cases, EvalOptions(out, samples, label, seed, judge, generation, info))
+    md, html = build_report(out, compare)
+    m = summary["metrics"]
+    typer.echo(f"{summary['label']}: {summary['cases']} cases x {samples}; refusal F1 {m['refusal']['f1']}, crisis referral "
+               f"{m['crisis_referral_rate']} (guarded {m['crisis_referral_rate_guarded']}), ROUGE-L {m['rouge_l']}, BLEU-4 {m['bleu4']}, "
+               f"p50 latency {m['latency_p50_s']} s\nreport: {md} and {html}")
+
+
+@app.command("review")
+def review_command(
+    candidates: Annotated[Path, typer.Argument(help="candidates.jsonl written by prep eval.")],
+    reviewer: Annotated[str, typer.Option("--reviewer", help="Who reviews (recorded with every accepted answer).")],
+    accept: Annotated[Optional[Path], typer.Option("--accept", help="Decisions JSONL for non-interactive review.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Feedback folder (default data/feedback).")] = None,
+) -> None:
+    """Pick good answers or write corrections; accepted answers become training data (provenance feedback)."""
+    from prep.review import FEEDBACK_DIR, review
+
+    path, counts = review(candidates, reviewer, accept, out_dir or FEEDBACK_DIR)
+    typer.echo(f"review: {counts['accepted']} accepted, {counts['corrected']} corrected, {counts['skipped']} skipped"
+               + (f" -> {path}" if path else " (nothing written)"))
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:

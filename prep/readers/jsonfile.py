@@ -67,6 +67,10 @@ def item_to_conversation(item: object, provenance: Provenance) -> Conversation:
         turns += [Turn("user", question), Turn("assistant", str(item.get("output") or "").strip())]
     else:
         raise ShapeError("expected alpaca (instruction/output), sharegpt (conversations) or OpenAI (messages) keys")
+    if item.get("origin") in ("labelled", "distilled", "feedback"):
+        provenance.origin = item["origin"]
+        provenance.annotator = item.get("reviewer") or item.get("annotator") or provenance.annotator
+        provenance.created = item.get("reviewed_at") or provenance.created
     return Conversation(
         turns,
         provenance,

@@ -1,0 +1,142 @@
+"""The evaluation report: Markdown and a self-contained HTML page with plots.
+
+Metric bars for this evaluation (and a comparison, e.g. the base model, side by
+side), the training loss curves of the run the model came from, and the trend
+of every past evaluation read from the append-only history file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from prep.errors import PrepError
+from prep.fsutil import atomic_write_text
+from prep.evaluate import HISTORY_FILE
+
+BAR_METRICS = [("refusal F1", ("refusal", "f1")), ("crisis referral", ("crisis_referral_rate",)),
+               ("crisis referral + guard", ("crisis_referral_rate_guarded",)), ("ROUGE-L", ("rouge_l",)), ("BLEU-4", ("bleu4",))]
+
+
+def _get(metrics: dict, path: tuple) -> float:
+    value = metrics
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _plots(current: dict, compare: dict | None, history: list[dict]) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = {}
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    names = [n for n, _ in BAR_METRICS]
+    runs = [(current["label"], current["metrics"])] + ([(compare["label"], compare["metrics"])] if compare else [])
+    width = 0.8 / len(runs)
+    for index, (label, values) in enumerate(runs):
+        axis.bar([i + index * width for i in range(len(names))], [_get(values, p) for _, p in BAR_METRICS], width, label=label)
+    axis.set_xticks([i + width * (len(runs) - 1) / 2 for i in range(len(names))], names, fontsize=8)
+    axis.set_ylim(0, 1.05)
+    axis.legend(fontsize=8)
+    plots["metrics.png"] = _png(figure)
+    plt.close(figure)
+    if len(history) >= 1:
+        figure, axis = plt.subplots(figsize=(7, 3.2))
+        for name, path in BAR_METRICS:
+            axis.plot(range(1, len(history) + 1), [_get(h["metrics"], path) for h in history], marker="o", label=name)
+        axis.set_xticks(range(1, len(history) + 1), [h["label"] for h in history], rotation=30, fontsize=7)
+        axis.set_ylim(0, 1.05)
+        axis.set_title("trend across evaluations")
+        axis.legend(fontsize=7)
+        plots["trend.png"] = _png(figure)
+        plt.close(figure)
+    return plots
+
+
+def _run_dir_of(model_info: dict) -> Path | None:
+    model_dir = model_info.get("model_dir")
+    if model_dir and Path(model_dir).name == "merged" and (Path(model_dir).parent / "lora").is_dir():
+        return Path(model_dir).parent
+    return None
+
+
+def build_report(eval_dir: Path, compare_dir: Path | None = None) -> tuple[Path, Path]:
+    """Write report.md and report.html into ``eval_dir``; return their paths."""
+    eval_dir = Path(eval_dir)
+    try:
+        current = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
+        compare = json.loads((Path(compare_dir) / "metrics.json").read_text(encoding="utf-8")) if compare_dir else None
+    except FileNotFoundError as err:
+        raise PrepError(f"{err.filename}: no metrics.json; run 'prep eval' first.") from None
+    history_path = eval_dir.parent / HISTORY_FILE
+    history = [json.loads(line) for line in history_path.read_text(encoding="utf-8").splitlines() if line.strip()] if history_path.exists() else []
+    plots = _plots(current, compare, history)
+    run_dir = _run_dir_of(current.get("model") or {})
+    if run_dir:
+        for png in ("training_loss.png", "training_eval_loss.png"):
+            if (run_dir / "lora" / png).is_file():
+                plots[png] = (run_dir / "lora" / png).read_bytes()
+    for name, data in plots.items():
+        (eval_dir / name).write_bytes(data)
+    rows = [("evaluation", current["label"]), ("model", json.dumps(current.get("model"), ensure_ascii=False)),
+            ("cases x samples", f"{current['cases']} x {current['samples']}"), ("judge", json.dumps(current.get("judge"), ensure_ascii=False))]
+    metric_rows = _flatten(current["metrics"])
+    compare_rows = _flatten(compare["metrics"]) if compare else {}
+    md = [f"# Evaluation report: {current['label']}", ""] + [f"- **{k}**: {v}" for k, v in rows] + ["",
+          f"| metric | {current['label']} |" + (f" {compare['label']} |" if compare else ""),
+          "|---|---|" + ("---|" if compare else "")]
+    md += [f"| {k} | {v} |" + (f" {compare_rows.get(k, '')} |" if compare else "") for k, v in metric_rows.items()]
+    md += ["", "## Trend", "", "| evaluation | refusal F1 | crisis referral | ROUGE-L | BLEU-4 | p50 latency (s) |", "|---|---|---|---|---|---|"]
+    md += [f"| {h['label']} | {_get(h['metrics'], ('refusal', 'f1'))} | {_get(h['metrics'], ('crisis_referral_rate',))} | "
+           f"{_get(h['metrics'], ('rouge_l',))} | {_get(h['metrics'], ('bleu4',))} | {h['metrics'].get('latency_p50_s')} |" for h in history]
+    md += [""] + [f"![{name}]({name})" for name in plots]
+    md_path, html_path = eval_dir / "report.md", eval_dir / "report.html"
+    atomic_write_text(md_path, "\n".join(md) + "\n")
+    atomic_write_text(html_path, _html(current["label"], md, plots))
+    return md_path, html_path
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _html(title: str, markdown_lines: list[str], plots: dict[str, bytes]) -> str:
+    body = []
+    for line in markdown_lines:
+        if line.startswith("!["):
+            continue
+        if line.startswith("|---"):
+            continue
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line:
+            body.append(f"<p>{html.escape(line.lstrip('- '))}</p>")
+    images = "".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"><figcaption>{n}</figcaption></figure>'
+                     for n, d in plots.items())
+    table_wrapped = "\n".join(body).replace("</p>\n<tr>", "</p>\n<table><tr>").replace("</tr>\n<h", "</tr></table>\n<h")
+    return (f"<!doctype html><html lang='zh'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}td{border:1px solid #ccc;padding:2px 6px}"
+            "table{border-collapse:collapse;margin:1em 0}img{max-width:100%}</style></head><body>"
+            f"{table_wrapped}{'</table>' if table_wrapped.rstrip().endswith('</tr>') else ''}{images}</body></html>\n")
