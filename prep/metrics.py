@@ -13,31 +13,33 @@ from dataclasses import dataclass
 
 from prep.safety import refers_to_help
 
-# "I focus on emotional support / this is outside what I can help with" + steering back.
-_SCOPE = r"(?:心理|情绪|情感|倾听|陪伴|心情|感受)"
+# A refusal declines the request ("这个我帮不了你", "不是我擅长的", "超出了我的范围") and usually steers
+# back to feelings; "我无法替你做决定 / 无法给出诊断，但……" inside a counselling answer is not one.
 _DECLINE = re.compile(
-    rf"(?:(?:我|这里)(?:主要|更|只)?(?:是|专注于?|擅长|负责|能做的是).{{0,12}}{_SCOPE})"
-    r"|(?:不(?:是|太)(?:我的)?(?:专长|擅长|合适|专业)|(?:超出|超过)(?:了)?(?:我的)?(?:能力|范围|专业)|帮不上(?:忙)?|不在我的.{0,4}范围"
-    r"|(?:无法|不能|没法|没办法|不方便)(?:为你|帮你|替你|给你|直接)?(?:提供|回答|完成|编写|写|查询|推荐|判断|给出)(?:这|那|该|此)?(?:类|个|些|种)?"
-    r"(?:问题|内容|代码|信息|建议|数据|方案|答案|服务|帮助))"
-    r"|(?:建议你?(?:咨询|查阅|使用|找)(?:专业的?)?(?:程序员|律师|医生|药师|老师|客服|银行|天气|搜索|专业人士|相关|官方))"
-    r"|(?:I (?:can(?:no|')t|am not able to) help with)",
+    r"帮不了|帮不上|做不到|给不了|查不到|写不了|答不了|不提供|不能透露|不参与|不代笔|不能答应|不会提供|不方便(?:回答|提供)"
+    r"|(?:没办法|无法|不能|没法)(?:为你|帮你|给你|直接)?(?:给|提供|回答|帮|改变|扮演|代写|查询|推荐|完成|编写)(?!.{0,4}(?:诊断|决定))"
+    r"|不是(?:我的)?(?:专长|职责|强项)|不是我(?:能|该|擅长|可以)|不(?:太)?(?:适合|擅长)(?:回答|帮|处理|做)?"
+    r"|不是.{0,8}(?:合适|该回答|能回答)|超出(?:了)?.{0,8}(?:范围|能力)|不在我.{0,6}范围|就不(?:帮你|写|代|参与|解答)|没办法(?:分享|告诉)"
+    r"|(?:建议|可以)(?:你)?(?:直接)?(?:联系|咨询|查阅|看看|使用|查一下|问问)(?:专业|相关|官方|快递|银行|律师|医生|药师|老师|天气|体育|百科|书籍)"
+    r"|(?:找|交给|用).{0,10}(?:更合适|工具|引擎)|我(?:在这里)?主要是|我是来陪你|不会假装|不会扮演"
+    r"|I (?:can(?:no|')t|am not able to|won'?t) help",
     re.IGNORECASE,
 )
-_ENGAGED = re.compile(r"(?:我能理解|听起来|我能感受到|你可以试着|可以试试|建议你每天|深呼吸)")
+_SCOPE = re.compile(r"(?:心理|情绪|情感|陪伴|倾听)(?:方面|上|的)?(?:的)?(?:助手|支持|陪伴|困扰|问题)|心理助手|我的角色|我的设定"
+                    r"|陪你聊(?:聊)?(?:心情|心事)|陪伴大家|专注(?:于)?(?:情绪|心理)"
+                    r"|emotional (?:support|well-being)", re.IGNORECASE)
+# Concrete help inside the reply: the assistant engaged with the request.
+_ENGAGED = re.compile(r"可以试着|试试|练习|建议你|先去|平时|每天|深呼吸|记录")
 
 
 def is_refusal(reply: str) -> bool:
-    """Whether a reply declines the request (rather than engaging with it).
-
-    A refusal declines or names the assistant's scope; a counselling reply that
-    only says "I cannot decide for you / cannot diagnose" and then engages is not one.
-    """
+    """Whether a reply declines the request (rather than engaging with it)."""
     reply = reply or ""
-    declines = len(_DECLINE.findall(reply))
-    if not declines:
+    if not _DECLINE.search(reply):
         return False
-    return not (_ENGAGED.search(reply) and declines < 2 and len(reply) > 120)
+    if _SCOPE.search(reply):
+        return True
+    return not _ENGAGED.search(reply)
 
 
 @dataclass

@@ -30,11 +30,12 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, StreamingResponse, Response
 
 MODEL = "fake-gpt"
 TOPICS = ["睡眠", "工作压力", "人际关系", "情绪低落", "考试焦虑", "亲子沟通", "恋爱", "自我认同"]
@@ -57,6 +58,7 @@ class Behaviour:
     refusal_share: float = 0.0
     quota_exhausted: bool = False
     api_key: str | None = None
+    responder: Callable[[list], str] | None = None  # answer text chosen by the test from the messages
 
 
 def prompt_hash(messages: list) -> str:
@@ -164,17 +166,35 @@ class FakeOpenAI:
         found = re.search(r"生成(\d+)个", prompt)
         n = b.pairs_per_answer if b.pairs_per_answer is not None else int(found.group(1)) if found else 3
         text, finish = answer_text(h, n, "多轮" in prompt), "stop"
-        if selected(messages, "length", b.length_share):
+        if b.responder is not None:
+            text = b.responder(messages)
+        elif selected(messages, "length", b.length_share):
             text, finish = cut_last_answer(answer_text(h, max(n, 1), "多轮" in prompt)), "length"
         elif selected(messages, "refusal", b.refusal_share):
             text = "抱歉，我无法按照这个要求生成内容。如果你正在经历困难，请联系专业的心理咨询师。"
         usage = {"prompt_tokens": len(prompt), "completion_tokens": len(text), "total_tokens": len(prompt) + len(text)}
+        if body.get("stream"):
+            return self._stream(body, h, text, finish)
         return JSONResponse({
             "id": f"chatcmpl-{h[:12]}-{self.attempts[h]}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", MODEL), "usage": usage, "system_fingerprint": None,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": finish, "logprobs": None}],
         })
+
+    def _stream(self, body: dict, h: str, text: str, finish: str) -> StreamingResponse:
+        """Server-sent events, a few characters per chunk, as OpenAI streams."""
+        base = {"id": f"chatcmpl-{h[:12]}", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": body.get("model", MODEL)}
+
+        def events():
+            for start in range(0, len(text), 4):
+                delta = {"role": "assistant", "content": text[start:start + 4]} if start == 0 else {"content": text[start:start + 4]}
+                yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]}, ensure_ascii=False)}\n\n"
+            yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': finish}]})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     def start(self) -> str:
         sock = socket.socket()
