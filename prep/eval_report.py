@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 
 from prep.errors import PrepError
@@ -119,24 +120,32 @@ def _flatten(values: dict, prefix: str = "") -> dict:
 
 
 def _html(title: str, markdown_lines: list[str], plots: dict[str, bytes]) -> str:
-    body = []
+    """A self-contained page: the Markdown's headings, lines and tables, and the plots inlined."""
+    def inline(text: str) -> str:
+        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+
+    body, in_table = [], False
     for line in markdown_lines:
-        if line.startswith("!["):
+        is_row = line.startswith("|")
+        if in_table and not is_row:
+            body.append("</table>")
+        if is_row and not in_table:
+            body.append("<table>")
+        in_table = is_row
+        if line.startswith("![") or line.startswith("|---"):
             continue
-        if line.startswith("|---"):
-            continue
-        if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        if is_row:
+            body.append("<tr>" + "".join(f"<td>{inline(c.strip())}</td>" for c in line.strip().strip("|").split("|")) + "</tr>")
         elif line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+            body.append(f"<h{level}>{inline(line.lstrip('# '))}</h{level}>")
         elif line:
-            body.append(f"<p>{html.escape(line.lstrip('- '))}</p>")
+            body.append(f"<p>{inline(line.lstrip('- '))}</p>")
+    if in_table:
+        body.append("</table>")
     images = "".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"><figcaption>{n}</figcaption></figure>'
                      for n, d in plots.items())
-    table_wrapped = "\n".join(body).replace("</p>\n<tr>", "</p>\n<table><tr>").replace("</tr>\n<h", "</tr></table>\n<h")
     return (f"<!doctype html><html lang='zh'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}td{border:1px solid #ccc;padding:2px 6px}"
             "table{border-collapse:collapse;margin:1em 0}img{max-width:100%}</style></head><body>"
-            f"{table_wrapped}{'</table>' if table_wrapped.rstrip().endswith('</tr>') else ''}{images}</body></html>\n")
+            + "\n".join(body) + images + "</body></html>\n")
