@@ -6,6 +6,10 @@ peak memory from the child's max RSS (CPU) or torch's peak (GPU runs report
 what LLaMA-Factory logs). On a machine without CUDA this uses the tiny local
 model and CPU-safe versions of both configs (no bf16/tf32/Liger/FlashAttention):
 its figures are NOT GPU figures, they only show the effect of packing.
+Tokens are all input tokens seen: the plain config runs batch 1 (no padding at
+all); packed rows carry a little padding at their tail, so the tuned figure is
+an upper bound by that much ("non_padding" miscounts with neat_packing in
+transformers 5.6).
 
     python bench/bench_train.py [--steps 30] [--model DIR]
 """
@@ -36,7 +40,7 @@ def run(config_name: str, model: str, steps: int, work: Path, cpu: bool) -> dict
     out = work / config_name.replace(".yaml", "")
     config.update(model_name_or_path=model, output_dir=str(out), max_steps=steps, val_size=0.0, eval_strategy="no",
                   load_best_model_at_end=False, save_steps=10_000, logging_steps=5, plot_loss=False,
-                  include_num_input_tokens_seen="non_padding", dataset_dir=str(ROOT))
+                  include_num_input_tokens_seen=True, dataset_dir=str(ROOT))
     for key in ("eval_steps", "per_device_eval_batch_size", "metric_for_best_model"):
         config.pop(key, None)
     path = work / f"{config_name}"
