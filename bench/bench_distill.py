@@ -10,7 +10,6 @@ fake_openai.py) runs in its own process so that its CPU is not counted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

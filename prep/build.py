@@ -12,7 +12,6 @@ entries in ``DIR/dataset_info.json``.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field

@@ -27,10 +27,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
-import yaml
 from tqdm import tqdm
 
 from prep.errors import PrepError
+from prep.fsutil import read_yaml_mapping
 from prep.textformat import parse_text
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -119,13 +119,8 @@ class FatalError(Exception):
 
 def load_topics(path: Path) -> dict:
     """The topic grid: areas x concerns, and personas."""
-    try:
-        grid = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PrepError(f"--topics {path}: no such file.") from None
-    except yaml.YAMLError as err:
-        raise PrepError(f"--topics {path}: not valid YAML ({err.__class__.__name__}).") from None
-    if not isinstance(grid, dict) or not all(isinstance(grid.get(k), list) and grid[k] for k in ("areas", "concerns", "personas")):
+    grid = read_yaml_mapping(path, "--topics")
+    if not all(isinstance(grid.get(k), list) and grid[k] for k in ("areas", "concerns", "personas")):
         raise PrepError(f"--topics {path}: expected non-empty lists 'areas', 'concerns' and 'personas'.")
     return grid
 

@@ -29,6 +29,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def read_yaml_mapping(path: Path, option: str) -> dict:
+    """A YAML file that must hold a mapping; every failure is one sentence naming ``option``."""
+    import yaml
+
+    from prep.errors import PrepError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PrepError(f"{option} {path}: no such file.") from None
+    except yaml.YAMLError as err:
+        raise PrepError(f"{option} {path}: not valid YAML ({type(err).__name__}).") from None
+    if not isinstance(data, dict):
+        raise PrepError(f"{option} {path}: expected a YAML mapping.")
+    return data
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write UTF-8 ``text`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))

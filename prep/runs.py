@@ -20,22 +20,14 @@ from pathlib import Path
 import yaml
 
 from prep.errors import PrepError
-from prep.fsutil import atomic_write_json, atomic_write_text
+from prep.fsutil import atomic_write_json, atomic_write_text, read_yaml_mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("llamafactory", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "psy-counsel-prep")
 
 
 def load_config(path: Path) -> dict:
-    try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PrepError(f"--config {path}: no such file.") from None
-    except yaml.YAMLError as err:
-        raise PrepError(f"--config {path}: not valid YAML ({type(err).__name__}).") from None
-    if not isinstance(config, dict):
-        raise PrepError(f"--config {path}: expected a YAML mapping of LLaMA-Factory arguments.")
-    return config
+    return read_yaml_mapping(path, "--config")
 
 
 def resolve(config_path: Path, run_dir: Path | None, model: str | None, dataset: str | None, resume: bool) -> tuple[dict, Path]:

@@ -60,3 +60,14 @@ def chromium(tmp_path: Path):
     finally:
         driver.quit()
     del selenium
+
+
+def wait_until(predicate, timeout: float = 90):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError("condition not met in time")

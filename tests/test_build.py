@@ -102,6 +102,7 @@ def test_split_is_deterministic_and_disjoint(tmp_path):
     first = build(inputs, BuildOptions(name="a", dataset_dir=tmp_path / "one", test_size=0.2, dedup=DedupConfig(near=False)))
     second = build(inputs, BuildOptions(name="a", dataset_dir=tmp_path / "two", test_size=0.2, dedup=DedupConfig(near=False)))
     assert_accounting(first)
+    assert_accounting(second)
     read = lambda d, f: json.loads((tmp_path / d / "data" / f).read_text(encoding="utf-8"))
     assert read("one", "a_test.json") == read("two", "a_test.json") and read("one", "a_alpaca.json") == read("two", "a_alpaca.json")
     train_q = {x["instruction"] for x in read("one", "a_alpaca.json")}

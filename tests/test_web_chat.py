@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
-from browser import chromium, free_port, wait_for_http
+from browser import chromium, free_port, wait_for_http, wait_until
 from conftest import ROOT, tool_env
 
 pytestmark = pytest.mark.slow
@@ -33,14 +32,6 @@ def send(driver, text: str) -> None:
     box.send_keys(Keys.ENTER)
 
 
-def wait_until(predicate, timeout: float = 60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError("condition not met in time")
 
 
 def test_web_chat_streams_answers_and_guards_crisis(tmp_path, merged_model):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 
-from browser import chromium, free_port, wait_for_http
+from browser import chromium, free_port, wait_for_http, wait_until
 from conftest import ROOT, tool_env, write_csv
 from prep.build import BuildOptions, build
 
@@ -26,14 +25,6 @@ return null;
 """
 
 
-def wait_until(predicate, timeout: float = 90):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError("condition not met in time")
 
 
 def test_webui_lists_and_previews_registered_datasets(tmp_path):
