@@ -31,6 +31,8 @@ while True:
 
 
 def main() -> None:
+    import openai  # noqa: F401  (imported before timing: 1-2 s the first time)
+
     from prep.distill import DistillConfig, distill
 
     parser = argparse.ArgumentParser()
@@ -44,7 +46,7 @@ def main() -> None:
         print("| C | requests | seconds | requests/s | ideal C/latency | achieved / ideal | client CPU ms / request |")
         print("|---|---|---|---|---|---|---|")
         for concurrency in (1, 8, 32, 64, 128):
-            requests = max(20, concurrency * 6)
+            requests = max(40, concurrency * 12)
             with tempfile.TemporaryDirectory() as tmp:
                 config = DistillConfig(out=Path(tmp) / "j.jsonl", base_url=url, model="bench", requests=requests,
                                        concurrency=concurrency, progress=False, timeout_s=30)

@@ -1,7 +1,8 @@
 """``prep build``: inputs -> clean, deduplicated, split LLaMA-Factory datasets + registry + report.
 
-Pipeline: read -> normalise -> validate -> token limit (when a tokenizer is
-given) -> scrub PII -> crisis rule -> annotator agreement -> dedup -> split.
+Pipeline: read -> normalise -> validate -> scrub PII -> crisis rule (these four in
+worker processes for large inputs) -> token limit (when a tokenizer is given) ->
+annotator agreement -> dedup -> split.
 Accounting invariant, checked on every build: rows_in = kept + duplicates + rejected.
 Outputs, all written atomically after every input was read:
 ``DIR/data/NAME_alpaca.json``, ``NAME_sharegpt.json`` (train), ``NAME_test.json``
@@ -104,13 +105,10 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
     check_options(options, inputs)
     state = _read_all(inputs)
     rows_in = len(state.records) + len(state.rejected)
-    _apply(state, clean.normalise(state.records))
-    _apply(state, clean.validate(state.records, options.limits))
+    _apply(state, clean.run_steps(state.records, options.limits))
     tokens = _token_counts(state.records, options.tokenizer)
     if tokens is not None:
         _apply(state, clean.token_limit(state.records, tokens, options.cutoff_len))
-    _apply(state, clean.scrub(state.records))
-    _apply(state, clean.crisis_rule(state.records))
     agreement = resolve(state.records)
     state.records, state.rejected = agreement.kept, state.rejected + agreement.rejected
     deduped = dedup(state.records, options.dedup)

@@ -45,6 +45,8 @@ _AI_DISCLAIMER = re.compile(
     r"|As an AI(?: language model)?,?\s*",
     re.IGNORECASE,
 )
+_SPACES = re.compile(r"[ \t\u3000]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
 _REPEATED_CHAR = re.compile(r"(.)\1{29,}", re.DOTALL)
 _REPEATED_CHUNK = re.compile(r"(.{2,10}?)\1{14,}", re.DOTALL)
 
@@ -68,8 +70,8 @@ def normalise_text(text: str) -> str:
     text = _LEFTOVER_TAGS.sub("", text)
     text = _AI_DISCLAIMER.sub("", text)
     text = _ROLE_PREFIX.sub("", text)
-    lines = [re.sub(r"[ \t\u3000]+", " ", line).strip() for line in text.split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    lines = [line.strip() for line in _SPACES.sub(" ", text).split("\n")]
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
 def normalise(records: list[Conversation]) -> StepResult:
@@ -147,18 +149,42 @@ def crisis_rule(records: list[Conversation]) -> StepResult:
     """Keep a crisis conversation only if every answer after a crisis message refers to help."""
     result = StepResult([])
     for rec in records:
-        unsafe = any(
-            turn.role == "user"
-            and detect_crisis(turn.content).crisis
-            and index + 1 < len(rec.turns)
-            and not refers_to_help(rec.turns[index + 1].content)
-            for index, turn in enumerate(rec.turns)
-        )
+        crisis_at = [i for i, turn in enumerate(rec.turns) if turn.role == "user" and detect_crisis(turn.content).crisis]
+        unsafe = any(i + 1 < len(rec.turns) and not refers_to_help(rec.turns[i + 1].content) for i in crisis_at)
         if unsafe:
             result.rejected.append(
                 Rejected("crisis_without_referral", rec.provenance, detail="a crisis message is answered without a referral", raw=rec.first_question[:500])
             )
         else:
-            result.counts["crisis"] += any(detect_crisis(t.content).crisis for t in rec.turns if t.role == "user")
+            result.counts["crisis"] += bool(crisis_at)
             result.kept.append(rec)
     return result
+
+
+def _chain(records: list[Conversation], limits: Limits) -> StepResult:
+    """normalise -> validate -> scrub -> crisis_rule over one chunk of records."""
+    total = StepResult(records)
+    for step in (normalise, lambda recs: validate(recs, limits), scrub, crisis_rule):
+        result = step(total.kept)
+        total = StepResult(result.kept, total.rejected + result.rejected, total.counts + result.counts)
+    return total
+
+
+def run_steps(records: list[Conversation], limits: Limits = Limits(), workers: int | None = None,
+              min_parallel: int = 20_000) -> StepResult:
+    """The per-record steps, in worker processes for large inputs (the steps are pure, so chunks are independent).
+
+    Kept records stay in input order; rejected ones are grouped by chunk.
+    """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers == 1 or len(records) < min_parallel:
+        return _chain(records, limits)
+    size = -(-len(records) // (workers * 2))
+    chunks = [records[i : i + size] for i in range(0, len(records), size)]
+    with ProcessPoolExecutor(workers) as pool:
+        results = list(pool.map(_chain, chunks, [limits] * len(chunks)))
+    return StepResult([r for res in results for r in res.kept], [r for res in results for r in res.rejected],
+                      sum((res.counts for res in results), Counter()))

@@ -117,8 +117,10 @@ def _to_simplified(text: str) -> str:
 
 def normalise_for_detection(text: str) -> str:
     """Simplified characters, no tone marks (sǐ -> si), no symbols inside words (自$杀 -> 自杀), lower case."""
-    text = unicodedata.normalize("NFKD", _to_simplified(text or ""))
-    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    text = _to_simplified(text or "")
+    decomposed = unicodedata.normalize("NFKD", text)
+    if decomposed != text:  # only texts with accents or compatibility forms pay for the per-character pass
+        text = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return _SEPARATORS_IN_WORD.sub("", unicodedata.normalize("NFKC", text)).lower()
 
 

@@ -42,3 +42,13 @@ def test_crisis_rule_needs_a_referral_after_each_crisis_message():
     result = clean.crisis_rule([ok, bad])
     assert result.kept == [ok] and result.counts["crisis"] == 1
     assert result.rejected[0].reason == "crisis_without_referral"
+
+
+def test_parallel_steps_give_the_sequential_result():
+    texts = ["我最近失眠", "", "我不想活了", "电话13812345678", "啊" * 40, "作为一个AI语言模型，我理解你"]
+    records = [conv(f"{texts[i % 6]}{i}", texts[(i + 3) % 6] or "好的回答") for i in range(120)]
+    sequential = clean.run_steps(records, workers=1)
+    parallel = clean.run_steps(records, workers=2, min_parallel=0)
+    assert [r.turns for r in parallel.kept] == [r.turns for r in sequential.kept]
+    assert sorted((r.reason, r.raw) for r in parallel.rejected) == sorted((r.reason, r.raw) for r in sequential.rejected)
+    assert parallel.counts == sequential.counts and sequential.rejected
