@@ -122,5 +122,10 @@ if [[ "$MODE" == demo ]]; then
 else
   echo
   echo "Loss curve:   $RUN_DIR/lora/training_loss.png (eval: $RUN_DIR/lora/training_eval_loss.png)"
-  (( MERGE )) && echo "Merged model: $RUN_DIR/merged" && echo "Talk to it:   python chat.py --model $RUN_DIR/merged"
+  if (( MERGE )); then
+    echo "Merged model: $RUN_DIR/merged"
+    echo "Talk to it:   python chat.py --model $RUN_DIR/merged"
+  else
+    echo "Adapter:      $RUN_DIR/lora (not merged: python chat.py --base MODEL --adapter $RUN_DIR/lora)"
+  fi
 fi

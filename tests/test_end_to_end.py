@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QA, ROOT, run, tool_env
+from conftest import QA, ROOT, derived_config, run, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -159,3 +159,30 @@ def test_run_sft_demo_then_checks_that_fail_fast(tmp_path):
         assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr[-1000:])
     ok = sft(*cpu_config, "--resume", "--dry-run")
     assert ok.returncode == 0 and "all checks passed" in ok.stdout
+
+
+def test_run_sft_resume_continues_from_the_last_checkpoint(tmp_path, tiny_model):
+    repo = tmp_path / "repo"
+    skip = shutil.ignore_patterns(".venv", ".git", "runs", "models", "__pycache__", ".pytest_cache", "*.egg-info", "artifacts")
+    shutil.copytree(ROOT, repo, ignore=skip)
+    (repo / "models").mkdir()
+    shutil.copytree(tiny_model, repo / "models" / "tiny-llama3")
+
+    def config(name: str, steps: int) -> str:
+        derived_config("demo_cpu_lora_sft.yaml", repo / name, max_steps=steps, save_steps=10, eval_steps=10, logging_steps=5)
+        return name
+
+    def sft(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(["bash", "run_sft.sh", *args, "--output", "runs/r", "--no-merge"], cwd=repo, env=tool_env(),
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return result
+
+    sft("--config", config("short.yaml", 20))
+    resumed = sft("--config", config("long.yaml", 30), "--resume")
+    assert "Resuming training from runs/r/lora/checkpoint-20" in resumed.stdout + resumed.stderr
+    state = json.loads((repo / "runs" / "r" / "lora" / "trainer_state.json").read_text(encoding="utf-8"))
+    assert state["global_step"] == 30
+    log = [json.loads(line) for line in (repo / "runs" / "r" / "lora" / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [entry["current_steps"] for entry in log if "loss" in entry] == [5, 10, 15, 20, 25, 30]  # not restarted at step 1
+    assert not (repo / "runs" / "r" / "merged").exists()

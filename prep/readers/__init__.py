@@ -10,6 +10,7 @@ account for every row; a file that cannot be read at all raises
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 from prep.errors import PrepError
@@ -47,4 +48,7 @@ def supported_files(path: Path) -> list[Path]:
 def read_path(path: Path, origin: str = "labelled") -> Iterator[Conversation | Rejected]:
     """Yield records from a file or folder."""
     for file in supported_files(path):
-        yield from READERS[file.suffix.lower()](file, origin=origin)
+        modified = datetime.fromtimestamp(file.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+        for item in READERS[file.suffix.lower()](file, origin=origin):
+            item.provenance.created = item.provenance.created or modified  # when the row was last written
+            yield item
