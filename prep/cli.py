@@ -77,6 +77,8 @@ def distill_command(
     max_attempts: Annotated[int, typer.Option("--max-attempts", help="Tries per request before it is journalled as failed.")] = 6,
     price_in: Annotated[float, typer.Option("--price-in", help="USD per million prompt tokens.")] = 0.15,
     price_out: Annotated[float, typer.Option("--price-out", help="USD per million completion tokens.")] = 0.60,
+    batch: Annotated[bool, typer.Option("--batch", help="Send the plan through the OpenAI Batch API (half price, answers within 24 h); re-run to resume polling.")] = False,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", help="--batch: seconds between status checks.")] = 30.0,
 ) -> None:
     """Distil counselling Q&A from a teacher LLM into a resumable journal."""
     from prep.distill import DEFAULT_TOPICS, DistillConfig, distill
@@ -84,7 +86,7 @@ def distill_command(
     config = DistillConfig(out=out, base_url=base_url, model=model, requests=requests, pairs_per_request=pairs_per_request,
                            concurrency=concurrency, topics=topics or DEFAULT_TOPICS, multi_turn_ratio=multi_turn_ratio, temperature=temperature,
                            seed=seed, max_cost=max_cost, max_tokens=max_tokens, timeout_s=timeout, max_attempts=max_attempts,
-                           price_in_per_m=price_in, price_out_per_m=price_out)
+                           price_in_per_m=price_in, price_out_per_m=price_out, batch=batch, poll_s=poll_interval)
     stats = distill(config)
     typer.echo(
         f"distill: {stats.ok} ok, {stats.truncated} truncated, {stats.parse_error} parse_error, {stats.failed} failed, "

@@ -79,6 +79,9 @@ class DistillConfig:
     single_template: Path = TEMPLATE_DIR / "single_turn.txt"
     multi_template: Path = TEMPLATE_DIR / "multi_turn.txt"
     progress: bool | None = None  # None: a bar only on a terminal
+    batch: bool = False  # OpenAI Batch API instead of live requests (see prep.distill_batch)
+    batch_discount: float = 0.5  # Batch API price relative to live requests
+    poll_s: float = 30.0  # Batch API: seconds between status checks
 
 
 @dataclass
@@ -110,7 +113,18 @@ class RunStats:
     by_status: Counter = field(default_factory=Counter)
 
     def cost(self, config: DistillConfig) -> float:
-        return (self.prompt_tokens * config.price_in_per_m + self.completion_tokens * config.price_out_per_m) / 1e6
+        discount = config.batch_discount if config.batch else 1.0
+        return discount * (self.prompt_tokens * config.price_in_per_m + self.completion_tokens * config.price_out_per_m) / 1e6
+
+    def add(self, entry: dict) -> None:
+        """Count one journalled request."""
+        status = entry["status"]
+        setattr(self, status, getattr(self, status) + 1)
+        self.by_status[status] += 1
+        usage = entry.get("usage") or {}
+        self.prompt_tokens += usage.get("prompt_tokens") or 0
+        self.completion_tokens += usage.get("completion_tokens") or 0
+        self.pairs += len(entry.get("pairs") or [])
 
 
 class FatalError(Exception):
@@ -214,8 +228,7 @@ class Distiller:
     def __init__(self, config: DistillConfig):
         self.config = config
         self.api_key = os.environ.get("OPENAI_API_KEY") or "EMPTY"
-        self.base_url = config.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        self.host = urlparse(self.base_url).netloc or self.base_url
+        self.base_url, self.host = endpoint_host(config)
         self.stats = RunStats()
         self._pause_until = 0.0
         self._stop_reason: str | None = None
@@ -260,19 +273,10 @@ class Distiller:
                 self._stop_reason = str(err)
                 return
             journal.write(entry)
-            self._count(entry)
+            self.stats.add(entry)
             bar.update(1)
             bar.set_postfix(ok=self.stats.ok, failed=self.stats.failed, retries=self.stats.retries,
                             tokens=self.stats.prompt_tokens + self.stats.completion_tokens, refresh=False)
-
-    def _count(self, entry: dict) -> None:
-        status = entry["status"]
-        setattr(self.stats, status, getattr(self.stats, status) + 1)
-        self.stats.by_status[status] += 1
-        usage = entry.get("usage") or {}
-        self.stats.prompt_tokens += usage.get("prompt_tokens") or 0
-        self.stats.completion_tokens += usage.get("completion_tokens") or 0
-        self.stats.pairs += len(entry.get("pairs") or [])
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
@@ -327,33 +331,53 @@ class Distiller:
         self._pause_until = max(self._pause_until, time.monotonic() + min(delay, self.config.backoff_max_s))
 
     def _base_entry(self, spec: RequestSpec, attempts: int, started: float) -> dict:
-        return {
-            "request_id": spec.request_id,
-            "index": spec.index,
-            "multi_turn": spec.multi_turn,
-            "template_id": spec.template.template_id,
-            "template_sha256": spec.template.sha256,
-            "topic": spec.topic,
-            "persona": spec.persona,
-            "model": self.config.model,
-            "endpoint_host": self.host,
-            "temperature": self.config.temperature,
-            "attempts": attempts,
-            "time": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-            "latency_s": round(time.time() - started, 3),
-        }
+        return base_entry(spec, self.config, self.host, attempts, started)
 
     def _entry(self, spec: RequestSpec, response, attempts: int, started: float) -> dict:
-        choice = response.choices[0]
-        text = choice.message.content or ""
-        status, pairs = parse_answer(text, spec.multi_turn, choice.finish_reason)
-        usage = response.usage.model_dump() if response.usage else {}
-        return {**self._base_entry(spec, attempts, started), "status": status, "finish_reason": choice.finish_reason,
-                "usage": {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
-                "response_model": response.model, "raw": text, "pairs": pairs}
+        return answer_entry(self._base_entry(spec, attempts, started), spec, response.model_dump())
 
     def _failure(self, spec: RequestSpec, attempts: int, started: float, error: str) -> dict:
-        return {**self._base_entry(spec, attempts, started), "status": "failed", "error": error, "raw": None, "pairs": []}
+        return failure_entry(self._base_entry(spec, attempts, started), error)
+
+
+def endpoint_host(config: DistillConfig) -> tuple[str, str]:
+    """The endpoint URL (option, then $OPENAI_BASE_URL, then OpenAI) and its host for the journal."""
+    base_url = config.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    return base_url, urlparse(base_url).netloc or base_url
+
+
+def base_entry(spec: RequestSpec, config: DistillConfig, host: str, attempts: int, started: float) -> dict:
+    """The fields every journal entry carries: what was asked, of whom, when."""
+    return {
+        "request_id": spec.request_id,
+        "index": spec.index,
+        "multi_turn": spec.multi_turn,
+        "template_id": spec.template.template_id,
+        "template_sha256": spec.template.sha256,
+        "topic": spec.topic,
+        "persona": spec.persona,
+        "model": config.model,
+        "endpoint_host": host,
+        "temperature": config.temperature,
+        "attempts": attempts,
+        "time": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+        "latency_s": round(time.time() - started, 3),
+    }
+
+
+def answer_entry(base: dict, spec: RequestSpec, completion: dict) -> dict:
+    """A journal entry from a chat-completion body (a dict, as the chat and batch endpoints return it)."""
+    choice = (completion.get("choices") or [{}])[0]
+    text = (choice.get("message") or {}).get("content") or ""
+    status, pairs = parse_answer(text, spec.multi_turn, choice.get("finish_reason"))
+    usage = completion.get("usage") or {}
+    return {**base, "status": status, "finish_reason": choice.get("finish_reason"),
+            "usage": {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+            "response_model": completion.get("model"), "raw": text, "pairs": pairs}
+
+
+def failure_entry(base: dict, error: str) -> dict:
+    return {**base, "status": "failed", "error": error, "raw": None, "pairs": []}
 
 
 def distill(config: DistillConfig) -> RunStats:
@@ -362,4 +386,10 @@ def distill(config: DistillConfig) -> RunStats:
         raise PrepError("--requests must be >= 0, --concurrency and --pairs-per-request >= 1.")
     if not 0.0 <= config.multi_turn_ratio <= 1.0:
         raise PrepError(f"--multi-turn-ratio {config.multi_turn_ratio}: expected a fraction from 0 to 1.")
+    if config.batch and config.max_cost is not None:
+        raise PrepError("--max-cost cannot cap a --batch run (a batch is priced after it ends); cap it with --requests.")
+    if config.batch:
+        from prep.distill_batch import BatchDistiller
+
+        return asyncio.run(BatchDistiller(config).run())
     return asyncio.run(Distiller(config).run())

@@ -18,6 +18,11 @@ then a timeout (slow answer), then a malformed body; later attempts get a real a
 ``quota_exhausted`` (429 insufficient_quota) apply to every request.  Every chat request,
 including rejected ones, is recorded in ``requests`` and counts as an attempt; entries also
 carry ``fault`` ("fail", "timeout", "malformed" or None).
+
+The Batch API is served too (``POST /v1/files``, ``GET /v1/files/{id}/content``,
+``POST``/``GET /v1/batches``): a batch stays ``in_progress`` for ``batch_delay_s``, then
+answers every line with the same completions, ``fail_share`` lines as 500s in the error
+file and ``batch_expire_share`` lines not at all (status ``expired``).
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class Behaviour:
     quota_exhausted: bool = False
     api_key: str | None = None
     responder: Callable[[list], str] | None = None  # answer text chosen by the test from the messages
+    batch_delay_s: float = 0.0  # Batch API: seconds a batch stays in_progress
+    batch_expire_share: float = 0.0  # Batch API: lines left unanswered when the batch expires
 
 
 def prompt_hash(messages: list) -> str:
@@ -111,8 +118,15 @@ class FakeOpenAI:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.app = FastAPI()
+        self.files: dict[str, dict] = {}
+        self.batches: dict[str, dict] = {}
         self.app.post("/v1/chat/completions")(self._chat)
         self.app.get("/v1/models")(self._models)
+        self.app.post("/v1/files")(self._upload)
+        self.app.get("/v1/files/{file_id}/content")(self._file_content)
+        self.app.post("/v1/batches")(self._create_batch)
+        self.app.get("/v1/batches")(self._list_batches)
+        self.app.get("/v1/batches/{batch_id}")(self._get_batch)
 
     async def _models(self) -> dict:
         return {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "fake"}]}
@@ -176,11 +190,90 @@ class FakeOpenAI:
         if body.get("stream"):
             return self._stream(body, h, text, finish)
         return JSONResponse({
-            "id": f"chatcmpl-{h[:12]}-{self.attempts[h]}", "object": "chat.completion", "created": int(time.time()),
+            "id": f"chatcmpl-{h[:12]}-{self.attempts.get(h, 0)}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", MODEL), "usage": usage, "system_fingerprint": None,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": finish, "logprobs": None}],
         })
+
+    # --- Batch API: files and batches, answered with the same completions as the chat endpoint ---
+
+    async def _upload(self, request: Request) -> dict:
+        form = await request.form()
+        upload = form["file"]
+        content = await upload.read()
+        file_id = f"file-{len(self.files) + 1}"
+        self.files[file_id] = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                               "filename": upload.filename, "purpose": form.get("purpose"), "status": "processed",
+                               "content": content}
+        return {k: v for k, v in self.files[file_id].items() if k != "content"}
+
+    async def _file_content(self, file_id: str) -> Response:
+        if file_id not in self.files:
+            return error(404, f"No such file: {file_id}", "invalid_request_error")
+        return Response(self.files[file_id]["content"], media_type="application/octet-stream")
+
+    def _store(self, name: str, lines: list[dict]) -> str | None:
+        if not lines:
+            return None
+        file_id = f"file-{len(self.files) + 1}"
+        content = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode("utf-8")
+        self.files[file_id] = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                               "filename": name, "purpose": "batch_output", "status": "processed", "content": content}
+        return file_id
+
+    async def _create_batch(self, request: Request) -> Response:
+        body = await request.json()
+        if body.get("input_file_id") not in self.files:
+            return error(400, "input_file_id not found", "invalid_request_error")
+        batch_id = f"batch_{len(self.batches) + 1}"
+        lines = [json.loads(line) for line in self.files[body["input_file_id"]]["content"].decode("utf-8").splitlines() if line.strip()]
+        self.batches[batch_id] = {
+            "id": batch_id, "object": "batch", "endpoint": body.get("endpoint"), "input_file_id": body["input_file_id"],
+            "completion_window": body.get("completion_window", "24h"), "status": "in_progress", "created_at": int(time.time()),
+            "metadata": body.get("metadata"), "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "output_file_id": None, "error_file_id": None, "_lines": lines, "_ready_at": time.time() + self.behaviour.batch_delay_s,
+        }
+        return JSONResponse(self._batch_view(batch_id))
+
+    def _finish_batch(self, batch: dict) -> None:
+        """Answer every line: ok bodies to the output file, injected failures to the error file."""
+        b, outputs, errors = self.behaviour, [], []
+        for n, line in enumerate(batch.pop("_lines")):
+            messages = line["body"]["messages"]
+            if selected(messages, "expire", b.batch_expire_share):
+                continue
+            h = prompt_hash(messages)
+            self.attempts[h] = self.attempts.get(h, 0) + 1
+            self.requests.append({"prompt_hash": h, "attempt": self.attempts[h], "status": 200, "time": time.time(),
+                                  "headers": {}, "body": line["body"], "fault": None, "batch": batch["id"]})
+            if self.attempts[h] <= b.fail_times and selected(messages, "fail", b.fail_share):
+                err = {"error": {"message": "Injected failure.", "type": "server_error", "param": None, "code": None}}
+                errors.append({"id": f"batch_req_{n}", "custom_id": line["custom_id"],
+                               "response": {"status_code": 500, "request_id": f"req_{n}", "body": err}, "error": None})
+                continue
+            answer = json.loads(self._completion(line["body"], messages, h).body)
+            outputs.append({"id": f"batch_req_{n}", "custom_id": line["custom_id"],
+                            "response": {"status_code": 200, "request_id": f"req_{n}", "body": answer}, "error": None})
+        expired = batch["request_counts"]["total"] > len(outputs) + len(errors)
+        batch.update(status="expired" if expired else "completed", output_file_id=self._store("output.jsonl", outputs),
+                     error_file_id=self._store("errors.jsonl", errors),
+                     request_counts={"total": batch["request_counts"]["total"], "completed": len(outputs), "failed": len(errors)})
+
+    def _batch_view(self, batch_id: str) -> dict:
+        batch = self.batches[batch_id]
+        if batch["status"] == "in_progress" and time.time() >= batch["_ready_at"]:
+            self._finish_batch(batch)
+        return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+    async def _get_batch(self, batch_id: str) -> Response:
+        if batch_id not in self.batches:
+            return error(404, f"No such batch: {batch_id}", "invalid_request_error")
+        return JSONResponse(self._batch_view(batch_id))
+
+    async def _list_batches(self) -> dict:
+        data = [self._batch_view(batch_id) for batch_id in reversed(list(self.batches))]
+        return {"object": "list", "data": data, "first_id": None, "last_id": None, "has_more": False}
 
     def _stream(self, body: dict, h: str, text: str, finish: str) -> StreamingResponse:
         """Server-sent events, a few characters per chunk, as OpenAI streams."""
@@ -197,7 +290,9 @@ class FakeOpenAI:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     def start(self) -> str:
-        sock = socket.socket()
+        # proto IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on sockets that say they are TCP, and without
+        # it every keep-alive answer waits ~40 ms for the client's delayed ACK (Nagle).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",

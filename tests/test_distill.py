@@ -173,3 +173,64 @@ def test_against_llamafactory_api_serving_the_tiny_model(tmp_path, merged_model)
     entries = journal_lines(tmp_path / "j.jsonl")
     assert len(entries) == 3 and {e["status"] for e in entries} <= {"ok", "truncated", "parse_error"}
     assert all(e["usage"]["completion_tokens"] for e in entries)
+
+
+def test_batch_api_joins_answers_into_the_journal_and_retries_failed_lines(tmp_path):
+    fake = FakeOpenAI(Behaviour(fail_share=0.25, batch_delay_s=0.3))
+    with fake as url:
+        first = distill(config(tmp_path, url, batch=True, poll_s=0.1))
+        entries = journal_lines(tmp_path / "journal.jsonl")
+        failed = [e for e in entries if e["status"] == "failed"]
+        assert len(fake.batches) == 1 and first.ok == 24 - len(failed) and 1 <= len(failed) < 24
+        assert all("HTTP 500" in e["error"] for e in failed)
+        uploaded = [json.loads(line) for line in fake.files["file-1"]["content"].decode("utf-8").splitlines()]
+        assert sorted(line["custom_id"] for line in uploaded) == sorted(s.request_id for s in plan(config(tmp_path, url)))
+        second = distill(config(tmp_path, url, batch=True, poll_s=0.1))
+    assert len(fake.batches) == 2 and fake.batches["batch_2"]["request_counts"]["total"] == len(failed)
+    assert second.ok == len(failed) and second.skipped == 24 - len(failed)
+    latest = read_journal(tmp_path / "journal.jsonl")
+    assert len(latest) == 24 and all(e["status"] == "ok" and e["batch_id"] and len(e["pairs"]) == 4 for e in latest.values())
+    assert first.cost(config(tmp_path, url, batch=True)) == pytest.approx(first.cost(config(tmp_path, url)) / 2)
+    for path in tmp_path.rglob("*"):
+        assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_batch_api_expired_lines_are_failed_and_a_live_run_finishes_them(tmp_path):
+    with FakeOpenAI(Behaviour(batch_expire_share=0.3)) as url:
+        distill(config(tmp_path, url, batch=True, poll_s=0.05))
+        expired = [e for e in journal_lines(tmp_path / "journal.jsonl") if e["status"] == "failed"]
+        assert expired and all("batch expired" in e["error"] for e in expired)
+        live = distill(config(tmp_path, url))
+    assert live.ok == len(expired) and all(e["status"] == "ok" for e in read_journal(tmp_path / "journal.jsonl").values())
+
+
+def test_batch_api_resume_after_sigkill_polls_the_same_batch(tmp_path):
+    journal = tmp_path / "journal.jsonl"
+    fake = FakeOpenAI(Behaviour(batch_delay_s=4))
+    with fake as url:
+        command = [sys.executable, "-m", "prep.cli", "distill", "--out", str(journal), "--base-url", url, "--model", "teacher-x",
+                   "--requests", "10", "--pairs-per-request", "3", "--batch", "--poll-interval", "0.2"]
+        process = subprocess.Popen(command, env=tool_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        state = tmp_path / "journal.jsonl.batches.jsonl"
+        deadline = time.time() + 60
+        while time.time() < deadline and "batch_id" not in (state.read_text(encoding="utf-8") if state.exists() else ""):
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert len(fake.batches) == 1 and not read_journal(journal)
+        result = subprocess.run(command, env=tool_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert len(fake.batches) == 1, "the resumed run submitted (and would pay for) a second batch"
+    entries = journal_lines(journal)
+    assert len(entries) == 10 and {e["status"] for e in entries} == {"ok"} and {e["batch_id"] for e in entries} == {"batch_1"}
+    assert "10 ok" in result.stdout
+
+
+def test_batch_api_refused_by_the_endpoint_is_one_sentence(tmp_path):
+    """Servers without the Batch API (vLLM, llamafactory-cli api) answer 404: say so, keep nothing half-done."""
+    with FakeOpenAI() as url:
+        command = [sys.executable, "-m", "prep.cli", "distill", "--out", str(tmp_path / "j.jsonl"), "--base-url",
+                   url.replace("/v1", "/nobatch"), "--batch", "--requests", "2"]
+        result = subprocess.run(command, env=tool_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "does not offer the Batch API" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "j.jsonl.batches.jsonl").exists()
