@@ -2,9 +2,11 @@
 
 A run is a deterministic plan of requests (template x topic x persona x sample
 index, each with a stable ``request_id``) executed by a sliding window of C
-workers. Every finished request is appended to a JSONL journal, flushed and
-fsynced, so a crash loses at most the requests in flight; re-running the same
-command skips every request already answered and retries the failed ones.
+workers. Every finished request is appended to a JSONL journal, flushed at
+once and fsynced by a background thread, so a crash loses at most the requests
+in flight; re-running the same command skips every request already answered
+and retries the failed ones. ``--batch`` sends the plan through the OpenAI Batch
+API instead (``prep.distill_batch``), into the same journal.
 
 Retries: 408/409/429/5xx, time-outs, connection errors and malformed bodies,
 with jittered exponential back-off; a 429 also pauses every worker for its
@@ -20,6 +22,7 @@ import json
 import os
 import random
 import re
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -189,13 +192,19 @@ def parse_answer(text: str, multi_turn: bool, finish_reason: str | None) -> tupl
 
 
 class JournalWriter:
-    """Append-only JSONL, one fsynced line per finished request."""
+    """Append-only JSONL: each line is flushed to the OS as it is written (a killed process loses nothing
+    written) and fsynced by a background thread that covers every line written since its last fsync (group
+    commit), so the event loop never waits for the disk."""
 
     def __init__(self, path: Path):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._repair_torn_tail(path)
         self._handle = open(path, "a", encoding="utf-8")
+        self._dirty = threading.Event()
+        self._closing = False
+        self._syncer = threading.Thread(target=self._sync_loop, name="journal-fsync", daemon=True)
+        self._syncer.start()
 
     @staticmethod
     def _repair_torn_tail(path: Path) -> None:
@@ -206,12 +215,24 @@ class JournalWriter:
                 if handle.read(1) != b"\n":
                     handle.write(b"\n")
 
+    def _sync_loop(self) -> None:
+        while True:
+            self._dirty.wait()
+            self._dirty.clear()
+            if self._closing:
+                return
+            os.fsync(self._handle.fileno())
+
     def write(self, entry: dict) -> None:
         self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self._handle.flush()
-        os.fsync(self._handle.fileno())
+        self._dirty.set()
 
     def close(self) -> None:
+        self._closing = True
+        self._dirty.set()
+        self._syncer.join()
+        os.fsync(self._handle.fileno())
         self._handle.close()
 
 
@@ -292,13 +313,17 @@ class Distiller:
                 await asyncio.sleep(wait)
             started = time.time()
             try:
-                response = await client.chat.completions.create(
-                    model=self.config.model,
-                    messages=[{"role": "user", "content": spec.prompt}],
-                    temperature=self.config.temperature,
-                    max_tokens=self.config.max_tokens,
-                )
-                return self._entry(spec, response, attempt, started)
+                # The client's generic post: the same auth, headers and errors as chat.completions.create, without
+                # its per-request parameter transform and response models (two thirds of the client's CPU time).
+                completion = await client.post("/chat/completions", cast_to=object, body={
+                    "model": self.config.model,
+                    "messages": [{"role": "user", "content": spec.prompt}],
+                    "temperature": self.config.temperature,
+                    "max_tokens": self.config.max_tokens,
+                })
+                if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list) or not completion["choices"]:
+                    raise ValueError(f"no choices in the answer: {str(completion)[:200]}")
+                return self._entry(spec, completion, attempt, started)
             except openai.APIStatusError as err:
                 status, body = err.status_code, getattr(err, "body", None)
                 code = (body or {}).get("code") if isinstance(body, dict) else None
@@ -333,8 +358,8 @@ class Distiller:
     def _base_entry(self, spec: RequestSpec, attempts: int, started: float) -> dict:
         return base_entry(spec, self.config, self.host, attempts, started)
 
-    def _entry(self, spec: RequestSpec, response, attempts: int, started: float) -> dict:
-        return answer_entry(self._base_entry(spec, attempts, started), spec, response.model_dump())
+    def _entry(self, spec: RequestSpec, completion: dict, attempts: int, started: float) -> dict:
+        return answer_entry(self._base_entry(spec, attempts, started), spec, completion)
 
     def _failure(self, spec: RequestSpec, attempts: int, started: float, error: str) -> dict:
         return failure_entry(self._base_entry(spec, attempts, started), error)
