@@ -30,6 +30,12 @@ while True:
 """
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     import openai  # noqa: F401  (imported before timing: 1-2 s the first time)
 
@@ -43,19 +49,20 @@ def main() -> None:
     try:
         url = server.stdout.readline().strip()
         print(f"latency {args.latency} s per request, 20 pairs per answer")
-        print("| C | requests | seconds | requests/s | ideal C/latency | achieved / ideal | client CPU ms / request |")
-        print("|---|---|---|---|---|---|---|")
+        print("| C | requests | seconds | requests/s | ideal C/latency | achieved / ideal | client CPU ms / request | server CPU ms / request |")
+        print("|---|---|---|---|---|---|---|---|")
         for concurrency in (1, 8, 32, 64, 128):
             requests = max(40, concurrency * 12)
             with tempfile.TemporaryDirectory() as tmp:
                 config = DistillConfig(out=Path(tmp) / "j.jsonl", base_url=url, model="bench", requests=requests,
                                        concurrency=concurrency, progress=False, timeout_s=30)
-                cpu, wall = time.process_time(), time.perf_counter()
+                cpu, wall, server_cpu = time.process_time(), time.perf_counter(), process_cpu_s(server.pid)
                 stats = distill(config)
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                server_cpu = process_cpu_s(server.pid) - server_cpu
             assert stats.ok == requests, stats
             rate, ideal = requests / wall, concurrency / args.latency
-            print(f"| {concurrency} | {requests} | {wall:.2f} | {rate:.1f} | {ideal:.1f} | {rate / ideal:.2f} | {1000 * cpu / requests:.2f} |")
+            print(f"| {concurrency} | {requests} | {wall:.2f} | {rate:.1f} | {ideal:.1f} | {rate / ideal:.2f} | {1000 * cpu / requests:.2f} | {1000 * server_cpu / requests:.2f} |")
     finally:
         server.kill()
 

@@ -1,9 +1,12 @@
 """The one crisis detector and referral check, shared by build, distill, chat and eval.
 
 ``detect_crisis`` looks at what a user wrote for signs of suicide, self-harm or
-harm to others (Chinese and English lexicon plus patterns), while ignoring
-common confounders such as 累死了 / 笑死 / 难死了 / 死磕 / 想死你了 and
-third-person news or fiction. ``refers_to_help`` tells whether an answer sends
+harm to others: a Chinese and English lexicon plus patterns, ORed with a
+character n-gram classifier trained on the bundled labelled messages
+(``prep.crisis_model``) that catches phrasings the lexicon does not name. Both
+see the text with common confounders (累死了 / 笑死 / 难死了 / 死磕 / 想死你了)
+taken out, and a hit is discounted in third-person news or fiction, professional
+questions and past, recovered experiences. ``refers_to_help`` tells whether an answer sends
 the user to professional help or a hotline; ``ensure_referral`` appends the
 configured hotlines to a reply that lacks them.
 """
@@ -13,6 +16,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+
+from prep.crisis_model import THRESHOLD as LEARNED_THRESHOLD
+from prep.crisis_model import bundled_model
 
 DEFAULT_HOTLINES: tuple[str, ...] = (
     "全国心理援助热线 12356",
@@ -148,27 +154,47 @@ class CrisisResult:
     """What the detector found in a message."""
 
     crisis: bool
-    kind: str | None = None  # "self_harm" | "harm_others"
+    kind: str | None = None  # "self_harm" | "harm_others" | "learned" (the classifier alone)
     matches: list[str] = field(default_factory=list)
+    score: float = 0.0  # the classifier's probability of crisis
 
 
-def detect_crisis(text: str) -> CrisisResult:
-    """Return whether ``text`` (a user's message) signals suicide, self-harm or harm to others."""
-    cleaned = _CONFOUNDERS.sub(" ", normalise_for_detection(text))
+def crisis_score(text: str) -> float:
+    """The classifier's probability that ``text`` signals a crisis (0 when no training data is bundled)."""
+    return _learned_probability(_cleaned(text))
+
+
+def _cleaned(text: str) -> str:
+    return _CONFOUNDERS.sub(" ", normalise_for_detection(text))
+
+
+def _learned_probability(cleaned: str) -> float:
+    model = bundled_model(_cleaned)
+    return model.probability(cleaned) if model is not None else 0.0
+
+
+def detect_crisis(text: str, use_model: bool = True) -> CrisisResult:
+    """Return whether ``text`` (a user's message) signals suicide, self-harm or harm to others.
+
+    ``use_model=False`` runs the lexicon alone (for measuring the parts separately).
+    """
+    cleaned = _cleaned(text)
     self_harm = [m.group(0) for m in _SELF_HARM.finditer(cleaned)] + [m.group(0) for m in _COMPOSED.finditer(cleaned)]
     harm_others = [m.group(0) for m in _HARM_OTHERS.finditer(cleaned)]
-    if not self_harm and not harm_others:
-        return CrisisResult(False)
+    score = _learned_probability(cleaned) if use_model else 0.0
+    if not self_harm and not harm_others and score < LEARNED_THRESHOLD:
+        return CrisisResult(False, score=score)
+    matches = self_harm + harm_others
     if _THIRD_PARTY.search(cleaned) and not _FIRST_PERSON.search(cleaned):
-        return CrisisResult(False, matches=self_harm + harm_others)
+        return CrisisResult(False, matches=matches, score=score)
     if _PROFESSIONAL.search(cleaned) and not _SELF_STATEMENT.search(cleaned):
-        return CrisisResult(False, matches=self_harm + harm_others)
+        return CrisisResult(False, matches=matches, score=score)
     if _PAST.search(cleaned) and _RECOVERED.search(cleaned) and not _CURRENT.search(cleaned):
-        return CrisisResult(False, matches=self_harm + harm_others)
+        return CrisisResult(False, matches=matches, score=score)
     if harm_others and not self_harm and _JOKE.search(cleaned):
-        return CrisisResult(False, matches=harm_others)
-    kind = "self_harm" if self_harm else "harm_others"
-    return CrisisResult(True, kind, self_harm + harm_others)
+        return CrisisResult(False, matches=matches, score=score)
+    kind = "self_harm" if self_harm else "harm_others" if harm_others else "learned"
+    return CrisisResult(True, kind, matches, score)
 
 
 def refers_to_help(answer: str) -> bool:
