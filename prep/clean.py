@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from prep.pii import scrub_pii
 from prep.records import Conversation, Rejected, Turn
-from prep.safety import detect_crisis, refers_to_help
+from prep.safety import detect_crises, detect_crisis, refers_to_help
 
 
 @dataclass
@@ -148,8 +148,14 @@ def scrub(records: list[Conversation]) -> StepResult:
 def crisis_rule(records: list[Conversation]) -> StepResult:
     """Keep a crisis conversation only if every answer after a crisis message refers to help."""
     result = StepResult([])
-    for rec in records:
-        crisis_at = [i for i, turn in enumerate(rec.turns) if turn.role == "user" and detect_crisis(turn.content).crisis]
+    user_turns = [(n, i) for n, rec in enumerate(records) for i, turn in enumerate(rec.turns) if turn.role == "user"]
+    verdicts = detect_crises([records[n].turns[i].content for n, i in user_turns])
+    crisis_turns: dict[int, list[int]] = {}
+    for (n, i), verdict in zip(user_turns, verdicts):
+        if verdict.crisis:
+            crisis_turns.setdefault(n, []).append(i)
+    for n, rec in enumerate(records):
+        crisis_at = crisis_turns.get(n, [])
         unsafe = any(i + 1 < len(rec.turns) and not refers_to_help(rec.turns[i + 1].content) for i in crisis_at)
         if unsafe:
             result.rejected.append(
@@ -184,6 +190,7 @@ def run_steps(records: list[Conversation], limits: Limits = Limits(), workers: i
         return _chain(records, limits)
     size = -(-len(records) // (workers * 2))
     chunks = [records[i : i + size] for i in range(0, len(records), size)]
+    detect_crisis("")  # train the crisis classifier here once: forked workers inherit it instead of each training it
     with ProcessPoolExecutor(workers) as pool:
         results = list(pool.map(_chain, chunks, [limits] * len(chunks)))
     return StepResult([r for res in results for r in res.kept], [r for res in results for r in res.rejected],

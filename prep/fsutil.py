@@ -6,11 +6,12 @@ never half of it.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -52,5 +53,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as pretty UTF-8 JSON (Chinese kept readable) atomically."""
-    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+    """Write ``obj`` as pretty UTF-8 JSON (Chinese kept readable, 2-space indent) atomically.
+
+    orjson: the standard library's indenting encoder is pure Python, seconds for a 100k-row dataset.
+    """
+    atomic_write_bytes(path, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")

@@ -161,16 +161,16 @@ class CrisisResult:
 
 def crisis_score(text: str) -> float:
     """The classifier's probability that ``text`` signals a crisis (0 when no training data is bundled)."""
-    return _learned_probability(_cleaned(text))
+    return float(_learned_probabilities([_cleaned(text)])[0])
 
 
 def _cleaned(text: str) -> str:
     return _CONFOUNDERS.sub(" ", normalise_for_detection(text))
 
 
-def _learned_probability(cleaned: str) -> float:
+def _learned_probabilities(cleaned: list[str]) -> list[float]:
     model = bundled_model(_cleaned)
-    return model.probability(cleaned) if model is not None else 0.0
+    return model.probabilities(cleaned).tolist() if model is not None else [0.0] * len(cleaned)
 
 
 def detect_crisis(text: str, use_model: bool = True) -> CrisisResult:
@@ -178,10 +178,20 @@ def detect_crisis(text: str, use_model: bool = True) -> CrisisResult:
 
     ``use_model=False`` runs the lexicon alone (for measuring the parts separately).
     """
-    cleaned = _cleaned(text)
+    return detect_crises([text], use_model)[0]
+
+
+def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult]:
+    """``detect_crisis`` for many messages, the classifier scoring them all in one vectorised pass."""
+    cleaned = [_cleaned(text) for text in texts]
+    scores = _learned_probabilities(cleaned) if use_model else [0.0] * len(cleaned)
+    return [_decide(text, score) for text, score in zip(cleaned, scores)]
+
+
+def _decide(cleaned: str, score: float) -> CrisisResult:
+    """Lexicon hits or the classifier's score, then the discounts for news, professionals and past risk."""
     self_harm = [m.group(0) for m in _SELF_HARM.finditer(cleaned)] + [m.group(0) for m in _COMPOSED.finditer(cleaned)]
     harm_others = [m.group(0) for m in _HARM_OTHERS.finditer(cleaned)]
-    score = _learned_probability(cleaned) if use_model else 0.0
     if not self_harm and not harm_others and score < LEARNED_THRESHOLD:
         return CrisisResult(False, score=score)
     matches = self_harm + harm_others

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import orjson
+
 from prep.errors import PrepError
-from prep.fsutil import atomic_write_json, atomic_write_text
+from prep.fsutil import atomic_write_bytes, atomic_write_json
 from prep.records import Conversation
 
 REGISTRY_FILE = "dataset_info.json"
@@ -55,7 +57,7 @@ def write_json_list(path: Path, items: list[dict]) -> None:
 
 def write_jsonl(path: Path, items: list[dict]) -> None:
     """One JSON object per line (rejected rows, conflicts), written atomically."""
-    atomic_write_text(path, "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items))
+    atomic_write_bytes(path, b"".join(orjson.dumps(item, option=orjson.OPT_NON_STR_KEYS) + b"\n" for item in items))
 
 
 def registry_entries(name: str) -> dict[str, dict]:
