@@ -3,9 +3,10 @@
 The lexicon in ``prep.safety`` catches what it names and nothing else: on
 messages written blind to it, it missed about half of the crises (see
 bench/README.md). This model generalises from labelled examples to phrasings
-the lexicon does not list. It is trained at first use, in about a second, from
-the bundled labelled messages (``data/safety/*.csv``: text,label) and the
-seed's crisis and ordinary questions, so no weights are stored or downloaded.
+the lexicon does not list. It is trained at first use (under a second, plus
+importing scikit-learn) from the bundled labelled messages
+(``data/safety/*.csv``: text,label) and the seed's crisis and ordinary
+questions, so no weights are stored or downloaded.
 ``prep.safety.detect_crisis`` ORs it with the lexicon; use that, not this.
 
 Features are character n-grams hashed into 2^20 columns with numpy (a rolling
