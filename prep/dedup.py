@@ -62,7 +62,10 @@ _shingle_hash = functools.lru_cache(maxsize=1 << 20)(sha1_hash32)
 def signatures(records: list[Conversation], config: DedupConfig) -> list[MinHash]:
     """MinHash of each record's user turns."""
     sets = [[s.encode("utf-8") for s in shingles(rec.user_text(), config.ngram)] for rec in records]
-    return MinHash.bulk(sets, num_perm=config.num_perm, hashfunc=_shingle_hash)
+    try:
+        return MinHash.bulk(sets, num_perm=config.num_perm, hashfunc=_shingle_hash)
+    finally:
+        _shingle_hash.cache_clear()
 
 
 def _exact_key(rec: Conversation) -> str:

@@ -306,6 +306,7 @@ class Distiller:
         return random.uniform(ceiling / 2, ceiling)
 
     async def _request_with_retries(self, client, spec: RequestSpec) -> dict:
+        import aiohttp
         import openai
 
         last_error = ""
@@ -323,6 +324,8 @@ class Distiller:
                     "temperature": self.config.temperature,
                     "max_tokens": self.config.max_tokens,
                 })
+                if isinstance(completion, (str, bytes)):  # JSON served without a JSON content type
+                    completion = json.loads(completion)
                 if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list) or not completion["choices"]:
                     raise ValueError(f"no choices in the answer: {str(completion)[:200]}")
                 return self._entry(spec, completion, attempt, started)
@@ -340,7 +343,7 @@ class Distiller:
                     return self._failure(spec, attempt, started, last_error)
                 if status == 429:
                     self._pause_for(err.response.headers.get("retry-after"), attempt)
-            except (openai.APITimeoutError, openai.APIConnectionError) as err:
+            except (openai.APITimeoutError, openai.APIConnectionError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
                 last_error = f"{type(err).__name__}: {_redact(err, self.api_key)[:300]}"
             except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as err:
                 last_error = f"malformed response: {_redact(err, self.api_key)[:300]}"

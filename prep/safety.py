@@ -159,6 +159,11 @@ class CrisisResult:
     score: float = 0.0  # the classifier's probability of crisis
 
 
+_SCORE_SLICE = 2000
+LEARNED_MIN_CHARS = 3
+_NON_SPACE = re.compile(r"[\s\W_]+")
+
+
 def crisis_score(text: str) -> float:
     """The classifier's probability that ``text`` signals a crisis (0 when no training data is bundled)."""
     return float(_learned_probabilities([_cleaned(text)])[0])
@@ -182,9 +187,12 @@ def detect_crisis(text: str, use_model: bool = True) -> CrisisResult:
 
 
 def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult]:
-    """``detect_crisis`` for many messages, the classifier scoring them all in one vectorised pass."""
+    """``detect_crisis`` for many messages, the classifier scoring them in vectorised slices."""
     cleaned = [_cleaned(text) for text in texts]
-    scores = _learned_probabilities(cleaned) if use_model else [0.0] * len(cleaned)
+    scores: list[float] = []
+    for start in range(0, len(cleaned), _SCORE_SLICE):  # bounded memory: ~180 bytes per character in a slice
+        part = cleaned[start:start + _SCORE_SLICE]
+        scores += _learned_probabilities(part) if use_model else [0.0] * len(part)
     return [_decide(text, score) for text, score in zip(cleaned, scores)]
 
 
@@ -192,7 +200,9 @@ def _decide(cleaned: str, score: float) -> CrisisResult:
     """Lexicon hits or the classifier's score, then the discounts for news, professionals and past risk."""
     self_harm = [m.group(0) for m in _SELF_HARM.finditer(cleaned)] + [m.group(0) for m in _COMPOSED.finditer(cleaned)]
     harm_others = [m.group(0) for m in _HARM_OTHERS.finditer(cleaned)]
-    if not self_harm and not harm_others and score < LEARNED_THRESHOLD:
+    # The classifier alone does not decide on a few characters (你好, 谢谢, 晚安 sit near farewells in its data).
+    learned = score >= LEARNED_THRESHOLD and len(_NON_SPACE.sub("", cleaned)) >= LEARNED_MIN_CHARS
+    if not self_harm and not harm_others and not learned:
         return CrisisResult(False, score=score)
     matches = self_harm + harm_others
     if _THIRD_PARTY.search(cleaned) and not _FIRST_PERSON.search(cleaned):

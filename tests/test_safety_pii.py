@@ -36,3 +36,8 @@ def test_pii_scrubbed_and_counted_but_hotline_kept():
     assert "6222021234567890128" not in scrubbed
     assert "400-161-9995" in scrubbed and "1234567890123456" in scrubbed  # no Luhn: not a card
     assert counts == {"mobile": 1, "email": 1, "id_card": 1, "bank_card": 1}
+
+
+@pytest.mark.parametrize("text", ["你好", "谢谢", "好的", "再见", "晚安", "算了", "行吧", "嗯嗯"])
+def test_short_everyday_replies_do_not_fire(text):
+    assert not detect_crisis(text).crisis
