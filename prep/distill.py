@@ -270,10 +270,14 @@ class Distiller:
         journal = JournalWriter(self.config.out)
         bar = tqdm(total=len(pending), desc="distill", unit="req", disable=None if self.config.progress is None else not self.config.progress)
         start = time.perf_counter()
+        workers: list[asyncio.Task] = []
         try:
             workers = [asyncio.create_task(self._worker(client, queue, journal, bar)) for _ in range(max(1, self.config.concurrency))]
             await asyncio.gather(*workers)
         finally:
+            for task in workers:  # when one worker fails, stop the others before the journal closes under them
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
             self.stats.seconds = time.perf_counter() - start
             bar.close()
             journal.close()
