@@ -47,7 +47,8 @@ def rates(predicted: pd.Series, labels: pd.Series) -> tuple[float, float]:
 def report(verbose: bool) -> None:
     print("| set | use | crisis | ordinary | lexicon recall / FPR | classifier recall / FPR | detector recall / FPR |")
     print("|---|---|---|---|---|---|---|")
-    for name, frame in labelled_sets():
+    sets = labelled_sets()
+    for name, frame in sets:
         lexicon = frame.text.map(lambda text: detect_crisis(text, use_model=False).crisis)
         learned = frame.text.map(crisis_score) >= crisis_model.THRESHOLD
         detector = frame.text.map(lambda text: detect_crisis(text).crisis)
@@ -58,7 +59,7 @@ def report(verbose: bool) -> None:
             for _, row in frame[detector != (frame.label == 1)].iterrows():
                 print(f"    {'MISSED' if row.label else 'FALSE ALARM'}: {row.text}")
     started = time.perf_counter()
-    texts = [text for _, frame in labelled_sets() for text in frame.text]
+    texts = [text for _, frame in sets for text in frame.text]
     for text in texts:
         detect_crisis(text)
     print(f"\ndetect_crisis: {(time.perf_counter() - started) / len(texts) * 1e6:.0f} us per message ({len(texts)} messages)")
@@ -66,11 +67,7 @@ def report(verbose: bool) -> None:
 
 def cross_validate() -> None:
     """Leave one training source out, for each setting; report the classifier alone per held-out source."""
-    texts, labels = crisis_model.training_examples()
-    sources: list[str] = []
-    for path in sorted(glob.glob(str(ROOT / "data" / "safety" / "*.csv"))):
-        sources += [Path(path).stem] * len(pd.read_csv(path, dtype={"text": str}).dropna(subset=["text", "label"]))
-    sources += ["seed"] * (len(texts) - len(sources))
+    texts, labels, sources = crisis_model.training_examples()
     texts, labels, sources = np.array(texts, dtype=object), np.array(labels), np.array(sources)
     for ngram_range in ((1, 3), (1, 4), (2, 4)):
         for regularisation in (3.0, 10.0, 30.0):

@@ -89,22 +89,26 @@ def keyed_ngrams(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return keys >> HASH_BITS, keys & ((1 << HASH_BITS) - 1), counts
 
 
-def training_examples(root: Path = ROOT) -> tuple[list[str], list[int]]:
-    """Labelled user messages: the safety sets plus the seed's questions (危机干预 = crisis)."""
+def training_examples(root: Path = ROOT) -> tuple[list[str], list[int], list[str]]:
+    """Labelled user messages and the source of each: the safety sets (file stem) plus the seed's questions
+    ("seed"; 危机干预 = crisis)."""
     import pandas as pd
 
     texts: list[str] = []
     labels: list[int] = []
+    sources: list[str] = []
     for pattern in TRAINING_GLOBS:
         for path in sorted(glob.glob(str(root / pattern))):
             frame = pd.read_csv(path, dtype={"text": str}).dropna(subset=["text", "label"])
             texts += frame.text.tolist()
             labels += frame.label.astype(int).tolist()
+            sources += [Path(path).stem] * len(frame)
     for path in sorted(glob.glob(str(root / SEED_GLOB))):
         frame = pd.read_csv(path, dtype=str).dropna(subset=["question"])
         texts += frame.question.tolist()
         labels += (frame.category == SEED_CRISIS_CATEGORY).astype(int).tolist()
-    return texts, labels
+        sources += ["seed"] * len(frame)
+    return texts, labels, sources
 
 
 def fit(texts: list[str], labels: list[int], prepare=lambda text: text) -> NgramModel:
@@ -127,7 +131,7 @@ def fit(texts: list[str], labels: list[int], prepare=lambda text: text) -> Ngram
 @functools.lru_cache(maxsize=1)
 def bundled_model(prepare) -> NgramModel | None:
     """The model trained on the bundled data (once per process); None, with a warning, when there is none."""
-    texts, labels = training_examples()
+    texts, labels, _ = training_examples()
     if len(set(labels)) < 2:
         warnings.warn(f"no labelled crisis messages under {ROOT / 'data'}; the crisis detector runs on its lexicon alone")
         return None
