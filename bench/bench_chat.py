@@ -36,13 +36,14 @@ MESSAGE = "我最近压力很大，晚上总是睡不着，白天也没精神，
 
 def ours(model_dir: Path, new_tokens: int) -> tuple[dict[int, float], list[dict], float]:
     session = ChatSession(model_dir, options=GenerationOptions(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0))
-    ttft, rates = {}, []
+    ttft, rates = {}, {}
     for turn in range(1, max(TURNS) + 1):
         reply = session.ask(f"第{turn}轮：{MESSAGE}")
         if turn in TURNS:
             ttft[turn] = reply.ttft_s
-        rates.append(reply.tokens_per_s)
-    return ttft, list(session.history), statistics.median(rates)
+        rates[turn] = (reply.tokens_per_s, reply.tokens)
+    print("chat.py decode tokens/s by turn:", {t: round(r, 1) for t, (r, _) in rates.items()}, flush=True)
+    return ttft, list(session.history), rates
 
 
 def llamafactory(model_dir: Path, history: list[dict], new_tokens: int) -> dict[int, float]:
@@ -62,27 +63,33 @@ def llamafactory(model_dir: Path, history: list[dict], new_tokens: int) -> dict[
     return ttft
 
 
-def bare_generate(model_dir: Path, history: list[dict], new_tokens: int) -> float:
+def bare_generate(model_dir: Path, history: list[dict], new_tokens: int) -> dict[int, float]:
+    """Decode tokens/s of a bare ``model.generate`` on the prompt chat.py saw at each measured turn."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    cuda = torch.cuda.is_available()  # the device and dtype chat.py picks: CUDA bf16, else CPU fp32
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}] + history[:8] + [{"role": "user", "content": MESSAGE}]
-    ids = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
-                    add_special_tokens=False, return_tensors="pt")["input_ids"]
-    rates = []
-    for _ in range(3):
-        with torch.no_grad():
-            start = time.perf_counter()
-            model.generate(ids, max_new_tokens=1, do_sample=False)
-            prefill = time.perf_counter() - start
-            start = time.perf_counter()
-            out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-            total = time.perf_counter() - start
-        generated = out.shape[1] - ids.shape[1]
-        rates.append((generated - 1) / max(total - prefill, 1e-9))
-    return statistics.median(rates)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if cuda else torch.float32)
+    model = model.to("cuda" if cuda else "cpu").eval()
+    rates = {}
+    for turn in TURNS:
+        messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}] + history[: 2 * (turn - 1)]
+        messages.append({"role": "user", "content": f"第{turn}轮：{MESSAGE}"})
+        ids = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                        add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
+        samples = []
+        for _ in range(2):
+            with torch.no_grad():
+                start = time.perf_counter()
+                model.generate(ids, max_new_tokens=1, do_sample=False)
+                prefill = time.perf_counter() - start
+                start = time.perf_counter()
+                out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+                total = time.perf_counter() - start
+            samples.append((out.shape[1] - ids.shape[1] - 1) / max(total - prefill, 1e-9))
+        rates[turn] = samples[0]  # the first pass at these shapes, as in a real conversation
+    return rates
 
 
 def main() -> None:
@@ -111,8 +118,16 @@ def main() -> None:
     print("|---|---|---|---|")
     for turn in TURNS:
         print(f"| {turn} | {our_ttft[turn]:.4f} | {lf_ttft[turn]:.4f} | {our_ttft[turn] / lf_ttft[turn]:.2f} |")
-    print(f"decode tokens/s: chat.py {our_rate:.1f}, bare model.generate {bare_rate:.1f}, ratio {our_rate / bare_rate:.2f}")
-    print(json.dumps({"device": device, "ttft_ours": our_ttft, "ttft_llamafactory": lf_ttft, "decode_ours": our_rate, "decode_bare": bare_rate}))
+    print("| turn | chat.py decode tokens/s (tokens) | bare model.generate decode tokens/s | ratio |")
+    print("|---|---|---|---|")
+    for turn in TURNS:
+        rate, tokens = our_rate[turn]
+        print(f"| {turn} | {rate:.1f} ({tokens}) | {bare_rate[turn]:.1f} | {rate / bare_rate[turn]:.2f} |")
+    ratios = [our_rate[t][0] / bare_rate[t] for t in TURNS if our_rate[t][1] >= 8]  # too short a reply times nothing
+    if ratios:
+        print(f"decode ratio, median over turns with >= 8 tokens: {statistics.median(ratios):.2f}")
+    print(json.dumps({"device": device, "ttft_ours": our_ttft, "ttft_llamafactory": lf_ttft,
+                      "decode_ours": {t: r for t, (r, _) in our_rate.items() if t in TURNS}, "decode_bare": bare_rate}))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from threading import Thread
 
 from prep.errors import PrepError
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
 from prep.safety import DEFAULT_HOTLINES, detect_crisis, ensure_referral
 
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
+GENERATE_DEFAULT_TOP_K = 50  # transformers' generate samples from the 50 likeliest tokens unless told otherwise
 
 
 @dataclass
@@ -104,6 +104,42 @@ def check_template(tokenizer, template_name: str) -> None:
         )
 
 
+class IncrementalDecoder:
+    """Text of a token stream as it grows, never splitting a character across pieces.
+
+    Decodes a short window (the tokens since the last emitted piece, plus the ones
+    before them for context) instead of the whole reply at every token, and holds
+    back a piece that ends in an incomplete UTF-8 sequence (U+FFFD) until the rest
+    of the character arrives: one Chinese character is often two or three
+    byte-level tokens.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.prefix = 0  # start of the context window
+        self.read = 0  # tokens before this index are already emitted
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def push(self, token: int) -> str:
+        self.tokens.append(token)
+        before = self._decode(self.tokens[self.prefix:self.read])
+        after = self._decode(self.tokens[self.prefix:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.tokens)
+        return after[len(before):]
+
+    def flush(self) -> str:
+        """Whatever is held back at the end of the stream."""
+        before = self._decode(self.tokens[self.prefix:self.read])
+        after = self._decode(self.tokens[self.prefix:])
+        self.prefix = self.read = len(self.tokens)
+        return after[len(before):]
+
+
 @dataclass
 class ChatSession:
     """A model, its tokenizer, a system prompt and the conversation so far."""
@@ -129,6 +165,8 @@ class ChatSession:
             check_template(self.tokenizer, self.template)
         self._cache = None
         self._cache_ids: list[int] = []
+        if self.guard:
+            detect_crisis("")  # train the crisis classifier now (~1-2 s), not on the user's first message
 
     def _load_tokenizer(self):
         from transformers import AutoTokenizer
@@ -144,6 +182,11 @@ class ChatSession:
         from transformers import AutoModelForCausalLM
 
         cuda = torch.cuda.is_available()
+        if cuda:
+            # cuDNN's attention builds an execution plan per new key length, per thread: every decode step is
+            # a new length, and that cost 2/3 of the decode speed on an H200 (bench/README.md). Flash and
+            # memory-efficient SDPA kernels need no plan.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         kwargs: dict = {"dtype": torch.bfloat16 if cuda else torch.float32}
         if self.quantization:
             if not cuda:
@@ -203,65 +246,90 @@ class ChatSession:
         self._cache.crop(shared)
         return self._cache
 
+    def _logits_processors(self):
+        """Repetition penalty, then (sampling only) temperature, top-k and top-p: what ``generate`` applies."""
+        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                  TopKLogitsWarper, TopPLogitsWarper)
+
+        processors = LogitsProcessorList()
+        if self.options.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(self.options.repetition_penalty))
+        if self.options.temperature > 0:
+            # generate's default top-k (50) unless the model's generation_config sets one; 0 turns it off
+            top_k = getattr(self.model.generation_config, "top_k", None)
+            top_k = GENERATE_DEFAULT_TOP_K if top_k is None else top_k
+            processors.append(TemperatureLogitsWarper(self.options.temperature))
+            if top_k:
+                processors.append(TopKLogitsWarper(top_k))
+            if self.options.top_p < 1.0:
+                processors.append(TopPLogitsWarper(self.options.top_p))
+        return processors
+
+    def _next_tokens(self, input_ids, cache) -> Iterator[int]:
+        """Generate token ids one at a time in this thread, extending ``cache``; the stop token comes last.
+
+        A plain decode loop rather than ``generate`` with a streamer thread: on a GPU
+        the thread hand-off per token cost two thirds of the decode speed
+        (bench/README.md), and the loop needs no second thread to stream.
+        """
+        import torch
+
+        processors, sample = self._logits_processors(), self.options.temperature > 0
+        sequence = input_ids
+        step_ids = input_ids[:, cache.get_seq_length():]
+        for _ in range(self.options.max_new_tokens):
+            with torch.no_grad():
+                logits = self.model(input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                scores = processors(sequence, logits[:, -1, :].float())
+                if sample:
+                    next_id = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
+                else:
+                    next_id = scores.argmax(dim=-1, keepdim=True)
+            token = int(next_id)
+            yield token
+            if token in self.stop_ids:
+                return
+            sequence = torch.cat([sequence, next_id], dim=-1)
+            step_ids = next_id
+
     def stream(self, message: str) -> Iterator[str]:
         """Yield the reply as it is generated; the safety referral (if any) comes last."""
-        from transformers import DynamicCache, TextIteratorStreamer
+        from transformers import DynamicCache
 
         crisis = detect_crisis(message).crisis
         input_ids = self._prompt_ids(message).to(self.model.device)
-        cache = self._reusable_cache(input_ids[0].tolist())
-        if cache is None and self.reuse_cache:
-            cache = DynamicCache()
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        greedy = self.options.temperature <= 0
-        kwargs = dict(
-            input_ids=input_ids,
-            attention_mask=input_ids.new_ones(input_ids.shape),
-            max_new_tokens=self.options.max_new_tokens,
-            do_sample=not greedy,
-            repetition_penalty=self.options.repetition_penalty,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0],
-            streamer=streamer,
-            past_key_values=cache,
-            return_dict_in_generate=True,
-        )
-        if not greedy:
-            kwargs.update(temperature=self.options.temperature, top_p=self.options.top_p)
+        prompt_ids = input_ids[0].tolist()
+        cache = self._reusable_cache(prompt_ids)
+        cache = DynamicCache() if cache is None else cache
+        self._cache, self._cache_ids = None, []  # until this reply completes, nothing is reusable
+        decoder = IncrementalDecoder(self.tokenizer)
         start = time.perf_counter()
-        output: dict = {}
-
-        def generate() -> None:
-            try:
-                output["result"] = self.model.generate(**kwargs)
-            except BaseException as err:  # surfaced in the caller's thread below
-                output["error"] = err
-                streamer.end()
-
-        thread = Thread(target=generate, daemon=True)
-        thread.start()
-        pieces, first = [], None
-        for piece in streamer:
-            if piece and first is None:
-                first = time.perf_counter()
-            pieces.append(piece)
-            yield piece
-        thread.join()
-        if "error" in output:
-            raise output["error"]
+        pieces, generated, first, first_token = [], [], None, None
+        for token in self._next_tokens(input_ids, cache):
+            first_token = first_token or time.perf_counter()
+            generated.append(token)
+            piece = decoder.push(token) if token not in self.stop_ids else ""
+            if piece:
+                first = first or time.perf_counter()
+                pieces.append(piece)
+                yield piece
+        rest = decoder.flush()  # a character cut by max_new_tokens, as generate would decode it
+        if rest:
+            pieces.append(rest)
+            yield rest
         end = time.perf_counter()
-        sequence = output["result"].sequences[0]
         if self.reuse_cache:
-            self._cache = output["result"].past_key_values
-            self._cache_ids = sequence.tolist()[: self._cache.get_seq_length()]
+            self._cache = cache
+            self._cache_ids = (prompt_ids + generated)[: cache.get_seq_length()]
         text = "".join(pieces).strip()
         final, added = ensure_referral(text, self.hotlines) if crisis and self.guard else (text, False)
         if added:
             yield final[len(text):]
-        generated = int(sequence.shape[0] - input_ids.shape[1])
-        first = first or end
-        self.last_reply = Reply(final, crisis, added, generated, first - start,
-                                (generated - 1) / (end - first) if end > first and generated > 1 else 0.0)
+        # time to the first visible text; decode speed from the first token on (a character can take several)
+        first, first_token = first or end, first_token or end
+        count = len(generated)
+        self.last_reply = Reply(final, crisis, added, count, first - start,
+                                (count - 1) / (end - first_token) if end > first_token and count > 1 else 0.0)
         self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": final}]
 
     def ask(self, message: str) -> Reply:

@@ -13,8 +13,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from prep.errors import PrepError
-from prep.readers import read_path
-from prep.records import Conversation
 
 SPECIAL_TOKENS = [
     "<|begin_of_text|>",
@@ -42,6 +40,9 @@ LLAMA3_CHAT_TEMPLATE = (
 
 def corpus_from_inputs(inputs: Iterable[Path]) -> list[str]:
     """Texts to train the tokenizer on: every turn and system prompt of the inputs."""
+    from prep.readers import read_path
+    from prep.records import Conversation
+
     texts: list[str] = []
     for path in inputs:
         for item in read_path(Path(path)):
@@ -84,30 +85,29 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return fast
 
 
-def build_tiny_model(out_dir: Path, inputs: list[Path], vocab_size: int = 3000, hidden_size: int = 64,
-                     layers: int = 2, heads: int = 4, kv_heads: int = 2, seed: int = 0,
-                     initializer_range: float = 0.1) -> Path:
-    """Write a tiny Llama (safetensors), its tokenizer and generation config to ``out_dir``.
+# Meta-Llama-3-8B's shape (config.json): what the GPU training benchmark trains, with random weights.
+LLAMA3_8B_SHAPE = {"hidden_size": 4096, "intermediate_size": 14336, "layers": 32, "heads": 32, "kv_heads": 8,
+                   "vocab_size": 128256, "max_position_embeddings": 8192}
 
-    ``initializer_range`` is larger than Llama's 0.02 on purpose: with a frozen random
-    ``lm_head`` that small, LoRA could never make the logits sharp enough to learn anything.
+
+def llama_config(tokenizer, hidden_size: int, layers: int, heads: int, kv_heads: int,
+                 intermediate_size: int | None = None, vocab_size: int | None = None,
+                 max_position_embeddings: int = 2048, initializer_range: float = 0.02):
+    """A LlamaConfig of the given shape whose special-token ids are the tokenizer's.
+
+    ``vocab_size`` defaults to the tokenizer's length; a larger one (Llama-3's 128,256)
+    gives the embedding and output layer their real size while the ids stay valid.
     """
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
-    texts = corpus_from_inputs(inputs)
-    if not texts:
-        raise PrepError("no text found in the inputs to train the tiny tokenizer on.")
-    tokenizer = train_tokenizer(texts, vocab_size)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    return LlamaConfig(
+        vocab_size=max(vocab_size or 0, len(tokenizer)),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 4,
+        intermediate_size=intermediate_size or hidden_size * 4,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
-        max_position_embeddings=2048,
+        max_position_embeddings=max_position_embeddings,
         rope_theta=500000.0,
         bos_token_id=tokenizer.convert_tokens_to_ids("<|begin_of_text|>"),
         eos_token_id=tokenizer.convert_tokens_to_ids("<|eot_id|>"),
@@ -115,7 +115,26 @@ def build_tiny_model(out_dir: Path, inputs: list[Path], vocab_size: int = 3000, 
         tie_word_embeddings=False,
         initializer_range=initializer_range,
     )
-    model = LlamaForCausalLM(config)
+
+
+def save_random_llama(out_dir: Path, tokenizer, config, seed: int = 0, device: str = "cpu", dtype=None) -> Path:
+    """Initialise a Llama of ``config`` at random on ``device`` and write it with its tokenizer.
+
+    A large shape (8B) is built on the GPU in bf16: on the CPU in fp32 it would take
+    minutes and 32 GB.
+    """
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    default_dtype = torch.get_default_dtype()
+    try:
+        if dtype is not None:
+            torch.set_default_dtype(dtype)
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         eos_token_id=[tokenizer.convert_tokens_to_ids("<|eot_id|>"), tokenizer.convert_tokens_to_ids("<|end_of_text|>")],
@@ -125,6 +144,23 @@ def build_tiny_model(out_dir: Path, inputs: list[Path], vocab_size: int = 3000, 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_model(out_dir: Path, inputs: list[Path], vocab_size: int = 3000, hidden_size: int = 64,
+                     layers: int = 2, heads: int = 4, kv_heads: int = 2, seed: int = 0,
+                     initializer_range: float = 0.1) -> Path:
+    """Write a tiny Llama (safetensors), its tokenizer and generation config to ``out_dir``.
+
+    ``initializer_range`` is larger than Llama's 0.02 on purpose: with a frozen random
+    ``lm_head`` that small, LoRA could never make the logits sharp enough to learn anything.
+    """
+    texts = corpus_from_inputs(inputs)
+    if not texts:
+        raise PrepError("no text found in the inputs to train the tiny tokenizer on.")
+    tokenizer = train_tokenizer(texts, vocab_size)
+    config = llama_config(tokenizer, hidden_size, layers, heads, kv_heads, initializer_range=initializer_range)
+    out_dir = save_random_llama(out_dir, tokenizer, config, seed=seed)
     (out_dir / "tiny_model.json").write_text(
         json.dumps({"built_by": "prep tiny-model", "inputs": [str(p) for p in inputs], "vocab_size": len(tokenizer),
                     "hidden_size": hidden_size, "layers": layers}, ensure_ascii=False, indent=2) + "\n",
