@@ -183,7 +183,7 @@ class ChatSession:
 
         cuda = torch.cuda.is_available()
         if cuda:
-            # cuDNN's attention builds an execution plan per new key length, per thread: every decode step is
+            # cuDNN's attention builds an execution graph for each new key length: every decode step is
             # a new length, and that cost 2/3 of the decode speed on an H200 (bench/README.md). Flash and
             # memory-efficient SDPA kernels need no plan.
             torch.backends.cuda.enable_cudnn_sdp(False)
