@@ -4,6 +4,12 @@ Chinese has no spaces, so shingles are character n-grams of the user turns.
 Among duplicates the preferred record wins: hand-labelled over feedback over
 distilled, then the earliest. ``near_groups`` clusters records at a lower
 threshold so that the split can keep paraphrases on the same side.
+
+LSH banding follows datasketch's ``MinHashLSH`` exactly (its bands and rows for
+the threshold; two records are candidates when all values of one band are equal),
+but the band keys are computed for all records at once with numpy and clusters
+come from a sparse graph's connected components: the same candidates, without
+datasketch's per-record Python storage (100k records: ~35 s -> a few seconds).
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import functools
 import hashlib
 import re
 from dataclasses import dataclass
+
+import numpy as np
 
 from datasketch import MinHash, MinHashLSH
 from datasketch.hashfunc import sha1_hash32
@@ -73,45 +81,76 @@ def _exact_key(rec: Conversation) -> str:
     return hashlib.blake2b(joined.encode("utf-8"), digest_size=16).hexdigest()
 
 
+def band_ids(hashes: list[MinHash], threshold: float, num_perm: int) -> np.ndarray:
+    """records x bands array: equal ids in a column mean equal band values (an LSH candidate pair).
+
+    Ids are distinct across bands, so one id identifies a (band, bucket) pair.
+    """
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)  # only for its bands (b) and rows (r)
+    matrix = np.stack([h.hashvalues for h in hashes])
+    ids = np.empty((len(hashes), lsh.b), dtype=np.int64)
+    for band in range(lsh.b):
+        block = np.ascontiguousarray(matrix[:, band * lsh.r:(band + 1) * lsh.r])
+        _, inverse = np.unique(block, axis=0, return_inverse=True)
+        ids[:, band] = inverse.reshape(-1) + band * len(hashes)
+    return ids
+
+
 def dedup(records: list[Conversation], config: DedupConfig = DedupConfig()) -> DedupResult:
     """Drop exact and near duplicates; each duplicate names the kept record it duplicates."""
     order = sorted(range(len(records)), key=lambda i: (ORIGIN_RANK.get(records[i].provenance.origin, 9), i))
-    hashes = signatures(records, config) if config.near else None
-    lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm) if config.near else None
+    hashes = signatures(records, config) if config.near and records else None
+    buckets = band_ids(hashes, config.threshold, config.num_perm).tolist() if hashes else None
+    kept_in_bucket: dict[int, int] = {}  # (band, bucket) id -> smallest kept record index in it
     seen: dict[str, int] = {}
     kept_ids, duplicates = [], []
     for index in tqdm(order, desc="dedup", unit="rec", disable=None, leave=False):
         rec = records[index]
         key = _exact_key(rec)
         twin, kind = seen.get(key), "exact_duplicate"
-        if twin is None and lsh is not None:
-            candidates = lsh.query(hashes[index])
+        if twin is None and buckets is not None:
+            candidates = [kept_in_bucket[b] for b in buckets[index] if b in kept_in_bucket]
             twin, kind = (min(candidates) if candidates else None), "near_duplicate"
         if twin is not None:
             original = records[twin].provenance
             duplicates.append(Rejected(kind, rec.provenance, detail=f"duplicate of {original.source} {original.location}", raw=rec.first_question[:500]))
             continue
         seen[key] = index
-        if lsh is not None:
-            lsh.insert(index, hashes[index])
+        if buckets is not None:
+            for b in buckets[index]:
+                if kept_in_bucket.get(b, index) >= index:
+                    kept_in_bucket[b] = index
         kept_ids.append(index)
     kept_ids.sort()
     return DedupResult([records[i] for i in kept_ids], duplicates, [hashes[i] for i in kept_ids] if hashes else None)
 
 
 def near_groups(hashes: list[MinHash], threshold: float, num_perm: int) -> list[int]:
-    """Cluster id per record: records linked by Jaccard >= ``threshold`` (transitively) share one."""
-    parent = list(range(len(hashes)))
+    """Per record, the index of its cluster's first member; clusters join records whose estimated
+    Jaccard similarity is >= ``threshold``, transitively.
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    LSH buckets only propose pairs; each record is linked to its bucket's first record when
+    their MinHash signatures agree on at least ``threshold`` of the values. Unverified
+    buckets chain everything: at 0.5 (14 bands of 4) a pair at Jaccard 0.3 shares a bucket
+    11% of the time, and 66,537 synthetic questions fell into one cluster, which put every
+    record on the same side of the split.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    for index, signature in enumerate(hashes):
-        for other in lsh.query(signature):
-            parent[find(index)] = find(other)
-        lsh.insert(index, signature)
-    return [find(i) for i in range(len(hashes))]
+    count = len(hashes)
+    matrix = np.stack([h.hashvalues for h in hashes])
+    ids = band_ids(hashes, threshold, num_perm).reshape(-1)
+    order = np.argsort(ids, kind="stable")
+    members = np.repeat(np.arange(count), ids.size // count)[order]
+    starts = np.r_[True, ids[order][1:] != ids[order][:-1]]
+    heads = members[np.maximum.accumulate(np.where(starts, np.arange(ids.size), 0))]
+    pairs = np.unique(np.stack([heads, members], axis=1)[heads != members], axis=0)
+    similar = np.concatenate([(matrix[chunk[:, 0]] == matrix[chunk[:, 1]]).mean(axis=1) >= threshold
+                              for chunk in np.array_split(pairs, max(1, len(pairs) // 50_000))]) if len(pairs) else []
+    left, right = (pairs[similar, 0], pairs[similar, 1]) if len(pairs) else ([], [])
+    graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(count, count))
+    _, labels = connected_components(graph, directed=False)
+    first = np.full(labels.max() + 1, count, dtype=np.int64)
+    np.minimum.at(first, labels, np.arange(count))
+    return first[labels].tolist()

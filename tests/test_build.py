@@ -151,3 +151,16 @@ def test_token_limit_with_a_local_tokenizer(tmp_path, tiny_model):
     assert report["lengths"]["tokens"]["count"] == 1 and report["lengths"]["tokens"]["max"] <= 120
     with pytest.raises(PrepError, match="no tokenizer_config.json"):
         build([path], BuildOptions(name="tok", dataset_dir=tmp_path, tokenizer=tmp_path))
+
+
+def test_split_keeps_the_test_share_when_questions_share_sentence_frames(tmp_path):
+    """Near-duplicate grouping must not chain merely similar questions into one cluster (all on one side)."""
+    frames = ["我最近总是{}，怎么办？", "因为{}，我晚上睡不着，该怎么调整？", "{}的时候，我应该跟谁聊聊？", "我和家人因为{}吵了一架，心里很难受"]
+    concerns = ["考试焦虑", "失眠多梦", "工作压力大", "和室友合不来", "失恋", "被领导批评", "找不到工作", "父母离婚", "体重焦虑",
+                "社交恐惧", "拖延严重", "孩子不听话", "婆媳矛盾", "异地恋", "被朋友误会", "考研失败", "身体不好", "经济困难",
+                "升职无望", "宠物去世", "搬家适应不了", "网络暴力", "长期加班", "对未来迷茫", "总是自我怀疑", "同事排挤",
+                "亲人生病", "毕业分离", "创业失败", "婚礼筹备"]
+    rows = [(frame.format(concern), "先照顾好自己，我们一起慢慢梳理。", "综合") for frame in frames for concern in concerns]
+    report = build([write_csv(tmp_path / "frames.csv", rows)], BuildOptions(name="f", dataset_dir=tmp_path, test_size=0.25))
+    assert report["kept"] >= 90  # a long frame around a short concern can be a true near-duplicate
+    assert 0.12 <= report["test"] / report["kept"] <= 0.4, (report["test"], report["kept"])
