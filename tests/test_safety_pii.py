@@ -38,6 +38,12 @@ def test_pii_scrubbed_and_counted_but_hotline_kept():
     assert counts == {"mobile": 1, "email": 1, "id_card": 1, "bank_card": 1}
 
 
-@pytest.mark.parametrize("text", ["你好", "谢谢", "好的", "再见", "晚安", "算了", "行吧", "嗯嗯"])
+@pytest.mark.parametrize("text", ["你好", "谢谢", "好的", "再见", "晚安", "算了", "行吧", "嗯嗯",
+                                  "嗯我知道了", "好吧谢谢", "下次再说"])  # the last three are in no training set
 def test_short_everyday_replies_do_not_fire(text):
     assert not detect_crisis(text).crisis
+
+
+@pytest.mark.parametrize("text", ["我真的想死", "我想消失", "想一了百了", "不想活了"])
+def test_short_crisis_messages_fire(text):
+    assert detect_crisis(text).crisis
