@@ -30,7 +30,7 @@ from prep.prompts import DEFAULT_SYSTEM_PROMPT
 from prep.readers import read_path, supported_files
 from prep.records import Conversation, Rejected
 from prep.report import length_stats, render_markdown, write_histogram
-from prep.split import split
+from prep.split import share_warning, split
 from prep.writers import load_registry, register, registry_entries, to_alpaca, to_sharegpt, write_json_list, write_jsonl
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -119,6 +119,8 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
         raise AssertionError("accounting invariant broken: rows_in != kept + duplicates + rejected")
     kept_tokens = _token_counts(kept, options.tokenizer)
     report = _report(options, inputs, rows_in, kept, deduped.duplicates, state, train, test, agreement.stats, kept_tokens)
+    warning = share_warning(len(kept), len(test), options.test_size, groups)
+    report["warnings"] = [warning] if warning else []
     _write(options, train, test, deduped.duplicates + state.rejected, agreement.conflicts, report, kept, kept_tokens)
     return report
 

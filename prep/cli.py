@@ -40,6 +40,8 @@ def build_command(
         f"test {report['test']} -> {dataset_dir / 'data' / (name + '_test.json')}\n"
         f"registered {name}_alpaca, {name}_sharegpt, {name}_test in {dataset_dir / 'dataset_info.json'}"
     )
+    for warning in report["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command("tiny-model")

@@ -164,3 +164,13 @@ def test_split_keeps_the_test_share_when_questions_share_sentence_frames(tmp_pat
     report = build([write_csv(tmp_path / "frames.csv", rows)], BuildOptions(name="f", dataset_dir=tmp_path, test_size=0.25))
     assert report["kept"] >= 90  # a long frame around a short concern can be a true near-duplicate
     assert 0.12 <= report["test"] / report["kept"] <= 0.4, (report["test"], report["kept"])
+
+
+def test_a_lopsided_split_is_reported_with_its_cause():
+    from prep.split import share_warning
+
+    assert share_warning(100, 10, 0.1, list(range(100))) is None
+    assert share_warning(100, 0, 0.0, None) is None
+    message = share_warning(100, 0, 0.1, [0] * 90 + list(range(90, 100)))
+    assert message.startswith("the test split holds 0.0% of the kept rows instead of about 10%")
+    assert "90 rows (90%)" in message
