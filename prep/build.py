@@ -113,7 +113,8 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
     state.records, state.rejected = agreement.kept, state.rejected + agreement.rejected
     deduped = dedup(state.records, options.dedup)
     kept = deduped.kept
-    groups = near_groups(deduped.kept_hashes, options.dedup.split_threshold, options.dedup.num_perm) if deduped.kept_hashes else None
+    hashes = deduped.kept_hashes
+    groups = near_groups(hashes, options.dedup.split_threshold, options.dedup.num_perm) if hashes is not None and len(hashes) else None
     train, test = split(kept, options.test_size, options.seed, groups)
     if len(kept) + len(deduped.duplicates) + len(state.rejected) != rows_in:
         raise AssertionError("accounting invariant broken: rows_in != kept + duplicates + rejected")

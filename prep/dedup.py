@@ -46,7 +46,7 @@ class DedupConfig:
 class DedupResult:
     kept: list[Conversation]
     duplicates: list[Rejected]
-    kept_hashes: list[MinHash] | None
+    kept_hashes: np.ndarray | None  # MinHash values of the kept records, one row each
 
 
 def canonical_text(text: str) -> str:
@@ -67,13 +67,31 @@ def shingles(text: str, n: int) -> set[str]:
 _shingle_hash = functools.lru_cache(maxsize=1 << 20)(sha1_hash32)
 
 
-def signatures(records: list[Conversation], config: DedupConfig) -> list[MinHash]:
-    """MinHash of each record's user turns."""
-    sets = [[s.encode("utf-8") for s in shingles(rec.user_text(), config.ngram)] for rec in records]
+def _signature_matrix(texts: list[str], ngram: int, num_perm: int) -> np.ndarray:
+    """len(texts) x num_perm MinHash values (datasketch's) of the texts' character n-grams."""
+    sets = [[s.encode("utf-8") for s in shingles(text, ngram)] for text in texts]
     try:
-        return MinHash.bulk(sets, num_perm=config.num_perm, hashfunc=_shingle_hash)
+        hashes = MinHash.bulk(sets, num_perm=num_perm, hashfunc=_shingle_hash)
     finally:
         _shingle_hash.cache_clear()
+    return np.stack([h.hashvalues for h in hashes]) if hashes else np.empty((0, num_perm), dtype=np.uint64)
+
+
+def signatures(records: list[Conversation], config: DedupConfig, workers: int | None = None,
+               min_parallel: int = 20_000) -> np.ndarray:
+    """MinHash of each record's user turns, one row per record; in worker processes for large inputs."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    texts = [rec.user_text() for rec in records]
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers == 1 or len(texts) < min_parallel:
+        return _signature_matrix(texts, config.ngram, config.num_perm)
+    size = -(-len(texts) // workers)
+    chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+    with ProcessPoolExecutor(workers) as pool:
+        parts = list(pool.map(_signature_matrix, chunks, [config.ngram] * len(chunks), [config.num_perm] * len(chunks)))
+    return np.concatenate(parts)
 
 
 def _exact_key(rec: Conversation) -> str:
@@ -81,18 +99,18 @@ def _exact_key(rec: Conversation) -> str:
     return hashlib.blake2b(joined.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def band_ids(hashes: list[MinHash], threshold: float, num_perm: int) -> np.ndarray:
+def band_ids(matrix: np.ndarray, threshold: float, num_perm: int) -> np.ndarray:
     """records x bands array: equal ids in a column mean equal band values (an LSH candidate pair).
 
     Ids are distinct across bands, so one id identifies a (band, bucket) pair.
     """
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)  # only for its bands (b) and rows (r)
-    matrix = np.stack([h.hashvalues for h in hashes])
-    ids = np.empty((len(hashes), lsh.b), dtype=np.int64)
+    ids = np.empty((len(matrix), lsh.b), dtype=np.int64)
     for band in range(lsh.b):
         block = np.ascontiguousarray(matrix[:, band * lsh.r:(band + 1) * lsh.r])
-        _, inverse = np.unique(block, axis=0, return_inverse=True)
-        ids[:, band] = inverse.reshape(-1) + band * len(hashes)
+        rows = block.view(np.dtype((np.void, block.itemsize * lsh.r))).reshape(-1)  # one opaque value per row
+        _, inverse = np.unique(rows, return_inverse=True)  # equal ids <=> equal band values
+        ids[:, band] = inverse.reshape(-1) + band * len(matrix)
     return ids
 
 
@@ -100,7 +118,7 @@ def dedup(records: list[Conversation], config: DedupConfig = DedupConfig()) -> D
     """Drop exact and near duplicates; each duplicate names the kept record it duplicates."""
     order = sorted(range(len(records)), key=lambda i: (ORIGIN_RANK.get(records[i].provenance.origin, 9), i))
     hashes = signatures(records, config) if config.near and records else None
-    buckets = band_ids(hashes, config.threshold, config.num_perm).tolist() if hashes else None
+    buckets = band_ids(hashes, config.threshold, config.num_perm).tolist() if hashes is not None else None
     kept_in_bucket: dict[int, int] = {}  # (band, bucket) id -> smallest kept record index in it
     seen: dict[str, int] = {}
     kept_ids, duplicates = [], []
@@ -122,10 +140,10 @@ def dedup(records: list[Conversation], config: DedupConfig = DedupConfig()) -> D
                     kept_in_bucket[b] = index
         kept_ids.append(index)
     kept_ids.sort()
-    return DedupResult([records[i] for i in kept_ids], duplicates, [hashes[i] for i in kept_ids] if hashes else None)
+    return DedupResult([records[i] for i in kept_ids], duplicates, hashes[kept_ids] if hashes is not None else None)
 
 
-def near_groups(hashes: list[MinHash], threshold: float, num_perm: int) -> list[int]:
+def near_groups(matrix: np.ndarray, threshold: float, num_perm: int) -> list[int]:
     """Per record, the index of its cluster's first member; clusters join records whose estimated
     Jaccard similarity is >= ``threshold``, transitively.
 
@@ -138,9 +156,8 @@ def near_groups(hashes: list[MinHash], threshold: float, num_perm: int) -> list[
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    count = len(hashes)
-    matrix = np.stack([h.hashvalues for h in hashes])
-    ids = band_ids(hashes, threshold, num_perm).reshape(-1)
+    count = len(matrix)
+    ids = band_ids(matrix, threshold, num_perm).reshape(-1)
     order = np.argsort(ids, kind="stable")
     members = np.repeat(np.arange(count), ids.size // count)[order]
     starts = np.r_[True, ids[order][1:] != ids[order][:-1]]

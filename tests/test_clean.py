@@ -52,3 +52,16 @@ def test_parallel_steps_give_the_sequential_result():
     assert [r.turns for r in parallel.kept] == [r.turns for r in sequential.kept]
     assert sorted((r.reason, r.raw) for r in parallel.rejected) == sorted((r.reason, r.raw) for r in sequential.rejected)
     assert parallel.counts == sequential.counts and sequential.rejected
+
+
+def test_minhash_signatures_are_the_same_in_worker_processes():
+    import numpy as np
+
+    from prep.dedup import DedupConfig, signatures
+
+    texts = [f"我最近总是{w}，晚上睡不着，怎么办？" for w in ("失眠", "焦虑", "拖延", "自卑", "难过")] * 8 + ["短", ""]
+    records = [Conversation(turns=[Turn("user", t or "空"), Turn("assistant", "好的")], provenance=Provenance(source="t", location=str(i)))
+               for i, t in enumerate(texts)]
+    alone = signatures(records, DedupConfig(), workers=1)
+    pooled = signatures(records, DedupConfig(), workers=2, min_parallel=1)
+    assert alone.shape == (len(records), 64) and np.array_equal(alone, pooled)
