@@ -123,21 +123,25 @@ class IncrementalDecoder:
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
-    def push(self, token: int) -> str:
-        self.tokens.append(token)
+    def _unread(self) -> str:
+        """Text the tokens after ``read`` add to the window's text."""
         before = self._decode(self.tokens[self.prefix:self.read])
         after = self._decode(self.tokens[self.prefix:])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
+        return after[len(before):] if len(after) > len(before) else ""
+
+    def push(self, token: int) -> str:
+        self.tokens.append(token)
+        piece = self._unread()
+        if not piece or piece.endswith("\ufffd"):
             return ""
         self.prefix, self.read = self.read, len(self.tokens)
-        return after[len(before):]
+        return piece
 
     def flush(self) -> str:
         """Whatever is held back at the end of the stream."""
-        before = self._decode(self.tokens[self.prefix:self.read])
-        after = self._decode(self.tokens[self.prefix:])
+        piece = self._unread()
         self.prefix = self.read = len(self.tokens)
-        return after[len(before):]
+        return piece
 
 
 @dataclass
@@ -268,9 +272,9 @@ class ChatSession:
     def _next_tokens(self, input_ids, cache) -> Iterator[int]:
         """Generate token ids one at a time in this thread, extending ``cache``; the stop token comes last.
 
-        A plain decode loop rather than ``generate`` with a streamer thread: on a GPU
-        the thread hand-off per token cost two thirds of the decode speed
-        (bench/README.md), and the loop needs no second thread to stream.
+        A plain decode loop rather than ``generate`` with a streamer thread: streaming
+        needs no second thread, and the KV cache stays in this session's hands. (The
+        GPU slowdown once blamed on the thread was cuDNN attention: see ``_load_model``.)
         """
         import torch
 

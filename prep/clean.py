@@ -11,6 +11,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+from prep.parallel import MIN_PARALLEL, map_chunks
 from prep.pii import scrub_pii
 from prep.records import Conversation, Rejected, Turn
 from prep.safety import detect_crises, detect_crisis, refers_to_help
@@ -177,21 +178,14 @@ def _chain(records: list[Conversation], limits: Limits) -> StepResult:
 
 
 def run_steps(records: list[Conversation], limits: Limits = Limits(), workers: int | None = None,
-              min_parallel: int = 20_000) -> StepResult:
+              min_parallel: int = MIN_PARALLEL) -> StepResult:
     """The per-record steps, in worker processes for large inputs (the steps are pure, so chunks are independent).
 
     Kept records stay in input order; rejected ones are grouped by chunk.
     """
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    workers = workers or min(4, os.cpu_count() or 1)
-    if workers == 1 or len(records) < min_parallel:
-        return _chain(records, limits)
-    size = -(-len(records) // (workers * 2))
-    chunks = [records[i : i + size] for i in range(0, len(records), size)]
     detect_crisis("")  # train the crisis classifier here once: forked workers inherit it instead of each training it
-    with ProcessPoolExecutor(workers) as pool:
-        results = list(pool.map(_chain, chunks, [limits] * len(chunks)))
+    results = map_chunks(_chain, records, limits, workers=workers, min_parallel=min_parallel, chunks_per_worker=2)
+    if len(results) == 1:
+        return results[0]
     return StepResult([r for res in results for r in res.kept], [r for res in results for r in res.rejected],
                       sum((res.counts for res in results), Counter()))

@@ -25,6 +25,7 @@ from datasketch import MinHash, MinHashLSH
 from datasketch.hashfunc import sha1_hash32
 from tqdm import tqdm
 
+from prep.parallel import MIN_PARALLEL, map_chunks
 from prep.records import Conversation, Rejected
 
 ORIGIN_RANK = {"labelled": 0, "feedback": 1, "distilled": 2}
@@ -78,20 +79,11 @@ def _signature_matrix(texts: list[str], ngram: int, num_perm: int) -> np.ndarray
 
 
 def signatures(records: list[Conversation], config: DedupConfig, workers: int | None = None,
-               min_parallel: int = 20_000) -> np.ndarray:
+               min_parallel: int = MIN_PARALLEL) -> np.ndarray:
     """MinHash of each record's user turns, one row per record; in worker processes for large inputs."""
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
     texts = [rec.user_text() for rec in records]
-    workers = workers or min(4, os.cpu_count() or 1)
-    if workers == 1 or len(texts) < min_parallel:
-        return _signature_matrix(texts, config.ngram, config.num_perm)
-    size = -(-len(texts) // workers)
-    chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
-    with ProcessPoolExecutor(workers) as pool:
-        parts = list(pool.map(_signature_matrix, chunks, [config.ngram] * len(chunks), [config.num_perm] * len(chunks)))
-    return np.concatenate(parts)
+    return np.concatenate(map_chunks(_signature_matrix, texts, config.ngram, config.num_perm, workers=workers,
+                                     min_parallel=min_parallel))
 
 
 def _exact_key(rec: Conversation) -> str:
@@ -164,8 +156,8 @@ def near_groups(matrix: np.ndarray, threshold: float, num_perm: int) -> list[int
     heads = members[np.maximum.accumulate(np.where(starts, np.arange(ids.size), 0))]
     pairs = np.unique(np.stack([heads, members], axis=1)[heads != members], axis=0)
     similar = np.concatenate([(matrix[chunk[:, 0]] == matrix[chunk[:, 1]]).mean(axis=1) >= threshold
-                              for chunk in np.array_split(pairs, max(1, len(pairs) // 50_000))]) if len(pairs) else []
-    left, right = (pairs[similar, 0], pairs[similar, 1]) if len(pairs) else ([], [])
+                              for chunk in np.array_split(pairs, max(1, len(pairs) // 50_000))])
+    left, right = pairs[similar, 0], pairs[similar, 1]
     graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(count, count))
     _, labels = connected_components(graph, directed=False)
     first = np.full(labels.max() + 1, count, dtype=np.int64)

@@ -35,7 +35,7 @@ def share_warning(records: int, test: int, test_size: float, groups: list[int] |
     Near-duplicate clusters go to one side whole, so one big cluster (a corpus built
     from a few templates, one question asked a thousand ways) can swing the share.
     """
-    if not records or test_size <= 0 or records < 20 or abs(test / records - test_size) <= test_size / 2:
+    if test_size <= 0 or records < 20 or abs(test / records - test_size) <= test_size / 2:
         return None
     largest = Counter(groups).most_common(1)[0][1] if groups else 1
     return (f"the test split holds {test / records:.1%} of the kept rows instead of about {test_size:.0%}: "
