@@ -69,6 +69,7 @@ def distill_command(
     requests: Annotated[int, typer.Option("--requests", help="Number of requests in the plan.")] = 10,
     pairs_per_request: Annotated[int, typer.Option("--pairs-per-request", help="Q&A pairs (or dialogues) asked per request.")] = 20,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight at once.")] = 8,
+    processes: Annotated[Optional[int], typer.Option("--processes", help="Client processes sharing the requests in flight (default: one per 32).")] = None,
     topics: Annotated[Optional[Path], typer.Option("--topics", help="Topic grid YAML (areas, concerns, personas); default data/topics/topics.yaml.")] = None,
     multi_turn_ratio: Annotated[float, typer.Option("--multi-turn-ratio", help="Share of requests asking for multi-turn dialogues.")] = 0.0,
     temperature: Annotated[float, typer.Option("--temperature")] = 0.9,
@@ -88,7 +89,8 @@ def distill_command(
     config = DistillConfig(out=out, base_url=base_url, model=model, requests=requests, pairs_per_request=pairs_per_request,
                            concurrency=concurrency, topics=topics or DEFAULT_TOPICS, multi_turn_ratio=multi_turn_ratio, temperature=temperature,
                            seed=seed, max_cost=max_cost, max_tokens=max_tokens, timeout_s=timeout, max_attempts=max_attempts,
-                           price_in_per_m=price_in, price_out_per_m=price_out, batch=batch, poll_s=poll_interval)
+                           price_in_per_m=price_in, price_out_per_m=price_out, batch=batch, poll_s=poll_interval,
+                           processes=processes)
     stats = distill(config)
     typer.echo(
         f"distill: {stats.ok} ok, {stats.truncated} truncated, {stats.parse_error} parse_error, {stats.failed} failed, "

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
+import orjson
 from tqdm import tqdm
 
 from prep.errors import PrepError
@@ -85,6 +86,10 @@ class DistillConfig:
     batch: bool = False  # OpenAI Batch API instead of live requests (see prep.distill_batch)
     batch_discount: float = 0.5  # Batch API price relative to live requests
     poll_s: float = 30.0  # Batch API: seconds between status checks
+    processes: int | None = None  # client processes sharing the plan; None: one per PROCESS_SHARE requests in flight
+
+
+PROCESS_SHARE = 32  # requests in flight one client process carries: its event loop tops out near 250 requests/s
 
 
 @dataclass
@@ -115,6 +120,8 @@ class RunStats:
     seconds: float = 0.0
     by_status: Counter = field(default_factory=Counter)
 
+    COUNTED = ("ok", "truncated", "parse_error", "failed", "retries", "prompt_tokens", "completion_tokens", "pairs")
+
     def cost(self, config: DistillConfig) -> float:
         discount = config.batch_discount if config.batch else 1.0
         return discount * (self.prompt_tokens * config.price_in_per_m + self.completion_tokens * config.price_out_per_m) / 1e6
@@ -128,6 +135,14 @@ class RunStats:
         self.prompt_tokens += usage.get("prompt_tokens") or 0
         self.completion_tokens += usage.get("completion_tokens") or 0
         self.pairs += len(entry.get("pairs") or [])
+
+
+    def merge(self, other: "RunStats") -> None:
+        """Add another shard's counts to these."""
+        for name in self.COUNTED:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.by_status.update(other.by_status)
+        self.stopped = self.stopped or other.stopped
 
 
 class FatalError(Exception):
@@ -164,6 +179,14 @@ def plan(config: DistillConfig) -> list[RequestSpec]:
     return specs
 
 
+def pending_specs(config: DistillConfig) -> tuple[list[RequestSpec], int]:
+    """The planned requests the journal does not hold an answer for, and how many it does."""
+    specs = plan(config)
+    done = {rid for rid, entry in read_journal(config.out).items() if entry.get("status") in DONE_STATUSES}
+    pending = [spec for spec in specs if spec.request_id not in done]
+    return pending, len(specs) - len(pending)
+
+
 def read_journal(path: Path) -> dict[str, dict]:
     """The last entry per request id; a torn last line (crash mid-write) is ignored."""
     entries: dict[str, dict] = {}
@@ -192,22 +215,24 @@ def parse_answer(text: str, multi_turn: bool, finish_reason: str | None) -> tupl
 
 
 class JournalWriter:
-    """Append-only JSONL: each line is flushed to the OS as it is written (a killed process loses nothing
-    written) and fsynced by a background thread that covers every line written since its last fsync (group
-    commit), so the event loop never waits for the disk."""
+    """Append-only JSONL: each line goes to the OS in one ``write`` on an ``O_APPEND`` descriptor (a killed
+    process loses nothing written, and several processes appending to one journal never interleave lines) and is
+    fsynced by a background thread that covers every line written since its last fsync (group commit), so the
+    event loop never waits for the disk."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, repair: bool = True):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair_torn_tail(path)
-        self._handle = open(path, "a", encoding="utf-8")
+        if repair:
+            self.repair_torn_tail(path)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._dirty = threading.Event()
         self._closing = False
         self._syncer = threading.Thread(target=self._sync_loop, name="journal-fsync", daemon=True)
         self._syncer.start()
 
     @staticmethod
-    def _repair_torn_tail(path: Path) -> None:
+    def repair_torn_tail(path: Path) -> None:
         """Make sure a new line never glues onto a torn one left by a crash."""
         if path.exists() and path.stat().st_size:
             with open(path, "rb+") as handle:
@@ -221,19 +246,20 @@ class JournalWriter:
             self._dirty.clear()
             if self._closing:
                 return
-            os.fsync(self._handle.fileno())
+            os.fsync(self._fd)
 
     def write(self, entry: dict) -> None:
-        self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._handle.flush()
+        line = memoryview(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
+        while line:  # a regular file takes the whole line at once; the loop only guards a short write
+            line = line[os.write(self._fd, line):]
         self._dirty.set()
 
     def close(self) -> None:
         self._closing = True
         self._dirty.set()
         self._syncer.join()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
+        os.fsync(self._fd)
+        os.close(self._fd)
 
 
 def _redact(text: str, secret: str | None) -> str:
@@ -244,30 +270,36 @@ def _redact(text: str, secret: str | None) -> str:
 
 
 class Distiller:
-    """Runs the plan with C concurrent workers against an OpenAI-compatible endpoint."""
+    """Runs the plan (or one process's shard of it) with C concurrent workers against an OpenAI-compatible
+    endpoint. ``shared`` (``prep.distill_processes.SharedRun``) is set when several processes share one run:
+    their pause after a 429, their stop and their counts (for --max-cost and the progress bar) are then
+    common to all."""
 
-    def __init__(self, config: DistillConfig):
+    def __init__(self, config: DistillConfig, shard: list[int] | None = None, shared=None):
         self.config = config
         self.api_key = os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self.base_url, self.host = endpoint_host(config)
         self.stats = RunStats()
+        self.shard = shard  # plan indices this process sends (all pending ones when None)
+        self.shared = shared
         self._pause_until = 0.0
         self._stop_reason: str | None = None
 
     async def run(self) -> RunStats:
         from openai import AsyncOpenAI, DefaultAioHttpClient
 
-        specs = plan(self.config)
-        done = {rid for rid, entry in read_journal(self.config.out).items() if entry.get("status") in DONE_STATUSES}
-        pending = [spec for spec in specs if spec.request_id not in done]
-        self.stats.skipped = len(specs) - len(pending)
+        if self.shard is None:
+            pending, self.stats.skipped = pending_specs(self.config)
+        else:
+            specs = plan(self.config)
+            pending = [specs[index] for index in self.shard]
         queue: asyncio.Queue = asyncio.Queue()
         for spec in pending:
             queue.put_nowait(spec)
         # aiohttp as the transport: about a third less client CPU per request than the default httpx pool at C = 64.
         client = AsyncOpenAI(api_key=self.api_key, base_url=self.base_url, timeout=self.config.timeout_s, max_retries=0,
                              http_client=DefaultAioHttpClient())
-        journal = JournalWriter(self.config.out)
+        journal = JournalWriter(self.config.out, repair=self.shard is None)
         bar = tqdm(total=len(pending), desc="distill", unit="req", disable=None if self.config.progress is None else not self.config.progress)
         start = time.perf_counter()
         workers: list[asyncio.Task] = []
@@ -286,24 +318,42 @@ class Distiller:
         return self.stats
 
     async def _worker(self, client, queue: asyncio.Queue, journal: JournalWriter, bar) -> None:
-        while not self._stop_reason:
+        while not self._stopping():
             try:
                 spec = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            if self.config.max_cost is not None and self.stats.cost(self.config) >= self.config.max_cost:
-                self._stop_reason = f"--max-cost {self.config.max_cost} reached (estimated ${self.stats.cost(self.config):.4f})"
+            spent = self._totals().cost(self.config)
+            if self.config.max_cost is not None and spent >= self.config.max_cost:
+                self._stop(f"--max-cost {self.config.max_cost} reached (estimated ${spent:.4f})")
                 return
             try:
                 entry = await self._request_with_retries(client, spec)
             except FatalError as err:
-                self._stop_reason = str(err)
+                self._stop(str(err))
                 return
             journal.write(entry)
             self.stats.add(entry)
-            bar.update(1)
-            bar.set_postfix(ok=self.stats.ok, failed=self.stats.failed, retries=self.stats.retries,
-                            tokens=self.stats.prompt_tokens + self.stats.completion_tokens, refresh=False)
+            if self.shared is not None:
+                self.shared.add(entry)
+            show_progress(bar, self.stats)
+
+    def _totals(self) -> RunStats:
+        """The counts of the whole run: this process's, or every process's when the run is shared."""
+        return self.stats if self.shared is None else self.shared.snapshot()
+
+    def _stopping(self) -> bool:
+        return bool(self._stop_reason) or (self.shared is not None and self.shared.stopped())
+
+    def _stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        if self.shared is not None:
+            self.shared.stop()
+
+    def _count_retry(self) -> None:
+        self.stats.retries += 1
+        if self.shared is not None:
+            self.shared.count_retry()
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
@@ -315,7 +365,7 @@ class Distiller:
 
         last_error = ""
         for attempt in range(1, self.config.max_attempts + 1):
-            wait = self._pause_until - time.monotonic()
+            wait = self._paused_until() - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             started = time.time()
@@ -352,7 +402,7 @@ class Distiller:
             except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as err:
                 last_error = f"malformed response: {_redact(err, self.api_key)[:300]}"
             if attempt < self.config.max_attempts:
-                self.stats.retries += 1
+                self._count_retry()
                 await asyncio.sleep(self._backoff(attempt))
         return self._failure(spec, self.config.max_attempts, time.time(), last_error)
 
@@ -362,7 +412,13 @@ class Distiller:
             delay = float(retry_after) if retry_after is not None else self._backoff(attempt)
         except ValueError:
             delay = self._backoff(attempt)
-        self._pause_until = max(self._pause_until, time.monotonic() + min(delay, self.config.backoff_max_s))
+        until = time.monotonic() + min(delay, self.config.backoff_max_s)  # CLOCK_MONOTONIC: one clock for all processes
+        self._pause_until = max(self._pause_until, until)
+        if self.shared is not None:
+            self.shared.pause(until)
+
+    def _paused_until(self) -> float:
+        return self._pause_until if self.shared is None else max(self._pause_until, self.shared.paused_until())
 
     def _base_entry(self, spec: RequestSpec, attempts: int, started: float) -> dict:
         return base_entry(spec, self.config, self.host, attempts, started)
@@ -410,6 +466,13 @@ def answer_entry(base: dict, spec: RequestSpec, completion: dict) -> dict:
             "response_model": completion.get("model"), "raw": text, "pairs": pairs}
 
 
+def show_progress(bar, stats: RunStats) -> None:
+    """Move the progress bar to the journalled count and show the tallies."""
+    bar.update(stats.ok + stats.truncated + stats.parse_error + stats.failed - bar.n)
+    bar.set_postfix(ok=stats.ok, failed=stats.failed, retries=stats.retries, tokens=stats.prompt_tokens + stats.completion_tokens,
+                    refresh=False)
+
+
 def failure_entry(base: dict, error: str) -> dict:
     return {**base, "status": "failed", "error": error, "raw": None, "pairs": []}
 
@@ -422,8 +485,15 @@ def distill(config: DistillConfig) -> RunStats:
         raise PrepError(f"--multi-turn-ratio {config.multi_turn_ratio}: expected a fraction from 0 to 1.")
     if config.batch and config.max_cost is not None:
         raise PrepError("--max-cost cannot cap a --batch run (a batch is priced after it ends); cap it with --requests.")
+    if config.processes is not None and config.processes < 1:
+        raise PrepError(f"--processes {config.processes}: expected 1 or more.")
     if config.batch:
         from prep.distill_batch import BatchDistiller
 
         return asyncio.run(BatchDistiller(config).run())
+    processes = config.processes or max(1, min(os.cpu_count() or 1, config.concurrency // PROCESS_SHARE))
+    if processes > 1:
+        from prep.distill_processes import run_in_processes
+
+        return run_in_processes(config, min(processes, config.concurrency))
     return asyncio.run(Distiller(config).run())

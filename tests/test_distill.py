@@ -51,10 +51,11 @@ def test_exact_ok_counts_under_transient_faults(tmp_path):
     assert retried and all(e["endpoint_host"].startswith("127.0.0.1:") for e in entries)
 
 
-def test_429_retry_after_pauses_every_worker(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_429_retry_after_pauses_every_worker(tmp_path, processes):
     fake = FakeOpenAI(Behaviour(fail_share=0.5, fail_status=429, retry_after_s=0.6))
     with fake as url:
-        stats = distill(config(tmp_path, url, requests=12, backoff_base_s=0.01))
+        stats = distill(config(tmp_path, url, requests=12, backoff_base_s=0.01, processes=processes))
     assert stats.ok == 12
     limited = [r["time"] for r in fake.requests if r["status"] == 429]
     first_limit = min(limited)
@@ -101,21 +102,25 @@ def test_multi_turn_ratio_asks_for_dialogues(tmp_path):
     assert all(len(conv) == 4 for e in multi for conv in e["pairs"])
 
 
-def test_resume_after_sigkill_loses_nothing_and_repeats_nothing(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_resume_after_sigkill_loses_nothing_and_repeats_nothing(tmp_path, processes):
     journal = tmp_path / "journal.jsonl"
     fake = FakeOpenAI(Behaviour(latency_s=0.3))
     with fake as url:
         command = [sys.executable, "-m", "prep.cli", "distill", "--out", str(journal), "--base-url", url, "--model", "teacher-x",
-                   "--requests", "40", "--pairs-per-request", "3", "--concurrency", "4"]
+                   "--requests", "40", "--pairs-per-request", "3", "--concurrency", "4", "--processes", str(processes)]
         process = subprocess.Popen(command, env=tool_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
         while time.time() < deadline and (not journal.exists() or journal.read_text(encoding="utf-8").count("\n") < 8):
             time.sleep(0.05)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
+        time.sleep(0.5)  # a client process outliving the killed parent would go on sending and writing
         before = read_journal(journal)
         assert 8 <= len(before) < 40
         seen_before = len(fake.requests)
+        time.sleep(1.0)
+        assert len(fake.requests) == seen_before and read_journal(journal) == before, "a client process outlived prep distill"
         subprocess.run(command, env=tool_env(), cwd=ROOT, check=True, capture_output=True)
     after = journal_lines(journal)
     ids = [e["request_id"] for e in after]
@@ -124,6 +129,23 @@ def test_resume_after_sigkill_loses_nothing_and_repeats_nothing(tmp_path):
     hash_of = {s.request_id: prompt_hash([{"role": "user", "content": s.prompt}]) for s in specs}
     resent = {r["prompt_hash"] for r in fake.requests[seen_before:]}
     assert not resent & {hash_of[rid] for rid in before}, "a request journalled as ok was sent again"
+
+
+def test_client_processes_share_one_run(tmp_path):
+    """Two client processes: every request answered once, counts and the cost cap over both, one clean journal."""
+    behaviour = Behaviour(latency_s=0.02, fail_share=0.3, fail_status=500, malformed_share=0.1, pairs_per_answer=12)
+    with FakeOpenAI(behaviour) as url:
+        stats = distill(config(tmp_path, url, requests=30, processes=2))
+        entries = journal_lines(tmp_path / "journal.jsonl")  # a line torn or glued by two writers would not parse
+        assert sorted(e["request_id"] for e in entries) == sorted(s.request_id for s in plan(config(tmp_path, url, requests=30)))
+        assert stats.ok == 30 and stats.retries > 0 and stats.pairs == 360 and stats.skipped == 0
+        resumed = distill(config(tmp_path, url, requests=30, processes=2))
+    assert resumed.skipped == 30 and resumed.ok == 0
+
+    with FakeOpenAI(Behaviour(latency_s=0.05)) as url:  # about $0.01 an answer at $20 per million completion tokens
+        capped = distill(config(tmp_path, url, out=tmp_path / "cost.jsonl", requests=60, processes=2, price_out_per_m=20.0, max_cost=0.1))
+    assert capped.stopped and "--max-cost" in capped.stopped
+    assert 8 <= capped.ok == len(journal_lines(tmp_path / "cost.jsonl")) <= 20, "the cost cap must count both processes' answers"
 
 
 def test_api_key_is_written_nowhere(tmp_path):
