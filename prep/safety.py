@@ -17,7 +17,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from prep.crisis_model import THRESHOLD as LEARNED_THRESHOLD
+from prep.crisis_model import LEXICON_FLOOR, THRESHOLD as LEARNED_THRESHOLD
 from prep.crisis_model import bundled_model
 
 DEFAULT_HOTLINES: tuple[str, ...] = (
@@ -30,7 +30,7 @@ _SELF_HARM_PATTERNS = [
     # explicit words
     r"自杀", r"轻生", r"寻死", r"自尽", r"自残", r"自伤", r"自我伤害", r"伤害自己", r"割腕", r"了断", r"轻身",
     r"不想活", r"活不下去", r"不活了", r"活着(?:真|也|还)?没(?:有)?(?:什么)?意思", r"活着有什么意思", r"活够了",
-    r"不如死了", r"死了算了", r"死了就好", r"一了百了", r"想(?:去)?死(?![你您他她它]|我了)", r"(?:怎么|应该|只能|就该)去死",
+    r"不如死了", r"死了算了", r"死了就好", r"一了百了", r"想(?:去)?死(?![你您他她它亡]|我了)", r"(?:怎么|应该|只能|就该)去死",
     r"结束(?:自己的|我的|这)?(?:生命|一切)", r"离开这个世界", r"从这个世界(?:上)?消失", r"不想(?:再)?存在",
     # euphemisms and farewells
     r"(?:不要|不想|不用)再醒(?:来|过来)", r"永远睡(?:过去|着|下去)", r"再也不(?:回来|醒来)", r"(?:只想|想要?|求)(?:彻底)?解脱",
@@ -193,15 +193,19 @@ def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult
     for start in range(0, len(cleaned), _SCORE_SLICE):  # bounded memory: ~180 bytes per character in a slice
         part = cleaned[start:start + _SCORE_SLICE]
         scores += _learned_probabilities(part) if use_model else [0.0] * len(part)
-    return [_decide(text, score) for text, score in zip(cleaned, scores)]
+    floor = LEXICON_FLOOR if use_model else 0.0
+    return [_decide(text, score, floor=floor) for text, score in zip(cleaned, scores)]
 
 
-def _decide(cleaned: str, score: float) -> CrisisResult:
-    """Lexicon hits or the classifier's score, then the discounts for news, professionals and past risk."""
+def _decide(cleaned: str, score: float, threshold: float = LEARNED_THRESHOLD, floor: float = LEXICON_FLOOR) -> CrisisResult:
+    """Lexicon hits the classifier does not rule out (``score >= floor``) or the classifier's score alone
+    (``score >= threshold``), then the discounts for news, professionals and past risk."""
     self_harm = [m.group(0) for m in _SELF_HARM.finditer(cleaned)] + [m.group(0) for m in _COMPOSED.finditer(cleaned)]
     harm_others = [m.group(0) for m in _HARM_OTHERS.finditer(cleaned)]
+    if score < floor:
+        self_harm, harm_others = [], []
     # The classifier alone does not decide on a few characters (你好, 谢谢, 晚安 sit near farewells in its data).
-    learned = score >= LEARNED_THRESHOLD and len(_NON_SPACE.sub("", cleaned)) >= LEARNED_MIN_CHARS
+    learned = score >= threshold and len(_NON_SPACE.sub("", cleaned)) >= LEARNED_MIN_CHARS
     if not self_harm and not harm_others and not learned:
         return CrisisResult(False, score=score)
     matches = self_harm + harm_others

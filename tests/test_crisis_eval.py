@@ -1,7 +1,7 @@
 """The crisis detector on labelled messages it was never trained or tuned on.
 
-data/tests/crisis_holdout2.csv and crisis_holdout3.csv were each written by an
-author who saw neither the detector nor the other sets; the classifier trains
+data/tests/crisis_holdout2.csv, crisis_holdout3.csv and crisis_holdout4.csv were
+each written by an author who saw neither the detector nor the other sets; the classifier trains
 on data/safety/*.csv and the seed, and its settings were chosen by
 cross-validation on those (bench/crisis_detector.py --cv). The chat issue's
 targets are recall >= 0.95 and false-positive rate <= 0.05; the floors below
@@ -16,9 +16,9 @@ from conftest import ROOT
 from prep.crisis_model import THRESHOLD
 from prep.safety import crisis_score, detect_crisis
 
-BLIND_SETS = ["crisis_holdout2.csv", "crisis_holdout3.csv"]
-RECALL_FLOOR = 0.93
-FALSE_POSITIVE_CEILING = 0.20  # crisis_holdout3 is 78% hard confounders (news, games, hyperbole, professionals)
+BLIND_SETS = ["crisis_holdout2.csv", "crisis_holdout3.csv", "crisis_holdout4.csv"]
+RECALL_FLOOR = 0.95  # the target; met on all three (0.970, 0.950, 0.960)
+FALSE_POSITIVE_CEILING = 0.15  # target 0.05: met on holdout2 only (0.050, 0.142, 0.080); holdout3 is 78% hard confounders
 
 
 def rates(frame, use_model=True):

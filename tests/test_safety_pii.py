@@ -47,3 +47,19 @@ def test_short_everyday_replies_do_not_fire(text):
 @pytest.mark.parametrize("text", ["我真的想死", "我想消失", "想一了百了", "不想活了"])
 def test_short_crisis_messages_fire(text):
     assert detect_crisis(text).crisis
+
+
+@pytest.mark.parametrize("text", [
+    "作为辅导员，怎么跟有自伤行为的学生谈话比较合适",
+    "高中时我自残过，现在已经好多年没有了，生活挺稳定的",
+    "李白是怎么死的，真的是捞月亮淹死的吗",
+])
+def test_a_lexicon_word_the_classifier_rules_out_is_not_an_alarm(text):
+    """Written after the training sets, in none of them: the lexicon alone fires, the detector does not."""
+    assert detect_crisis(text, use_model=False).crisis
+    assert not detect_crisis(text).crisis
+
+
+@pytest.mark.parametrize("text", ["我今晚就去跳楼，谁也别拦我", "刀片已经准备好了，我想割腕", "我想死"])
+def test_a_lexicon_word_in_a_crisis_still_fires(text):
+    assert detect_crisis(text, use_model=False).crisis and detect_crisis(text).crisis
