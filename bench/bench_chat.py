@@ -34,32 +34,53 @@ TURNS = (1, 5, 10, 20)
 MESSAGE = "我最近压力很大，晚上总是睡不着，白天也没精神，工作效率很低，不知道该怎么调整自己的状态。"
 
 
-def ours(model_dir: Path, new_tokens: int) -> tuple[dict[int, float], list[dict], float]:
+def ours(model_dir: Path, new_tokens: int) -> tuple[dict[int, tuple[float, float]], list[dict], dict]:
     session = ChatSession(model_dir, options=GenerationOptions(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0))
     ttft, rates = {}, {}
     for turn in range(1, max(TURNS) + 1):
         reply = session.ask(f"第{turn}轮：{MESSAGE}")
         if turn in TURNS:
-            ttft[turn] = reply.ttft_s
+            ttft[turn] = (reply.first_token_s, reply.ttft_s)
         rates[turn] = (reply.tokens_per_s, reply.tokens)
     print("chat.py decode tokens/s by turn:", {t: round(r, 1) for t, (r, _) in rates.items()}, flush=True)
     return ttft, list(session.history), rates
 
 
-def llamafactory(model_dir: Path, history: list[dict], new_tokens: int) -> dict[int, float]:
+FIRST_TOKEN_AT: list[float] = []
+
+
+def time_first_tokens() -> None:
+    """Record when LLaMA-Factory's streamer receives its first generated token (its first put is the prompt)."""
+    from transformers import TextIteratorStreamer
+
+    put = TextIteratorStreamer.put
+
+    def timed_put(self, value):
+        if not self.next_tokens_are_prompt and not getattr(self, "_timed", False):
+            self._timed = True
+            FIRST_TOKEN_AT.append(time.perf_counter())
+        put(self, value)
+
+    TextIteratorStreamer.put = timed_put
+
+
+def llamafactory(model_dir: Path, history: list[dict], new_tokens: int) -> dict[int, tuple[float, float]]:
     from llamafactory.chat import ChatModel
 
+    time_first_tokens()
     chat_model = ChatModel(dict(model_name_or_path=str(model_dir), template="llama3", infer_backend="huggingface",
                                 trust_remote_code=False, do_sample=False, max_new_tokens=new_tokens, repetition_penalty=1.0))
     ttft = {}
     for turn in TURNS:
         messages = history[: 2 * (turn - 1)] + [{"role": "user", "content": f"第{turn}轮：{MESSAGE}"}]
+        FIRST_TOKEN_AT.clear()
         start = time.perf_counter()
         stream = chat_model.stream_chat(messages, system=DEFAULT_SYSTEM_PROMPT)
         next(stream)
-        ttft[turn] = time.perf_counter() - start
+        visible = time.perf_counter() - start
         for _ in stream:
             pass
+        ttft[turn] = (FIRST_TOKEN_AT[0] - start, visible)
     return ttft
 
 
@@ -114,10 +135,11 @@ def main() -> None:
         bare_rate = bare_generate(model_dir, history, args.new_tokens)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device: {device}; model: {args.model or f'random Llama, hidden {args.hidden}, {args.layers} layers'}")
-    print("| turn | chat.py TTFT (s) | LLaMA-Factory ChatModel TTFT (s) | ratio |")
-    print("|---|---|---|---|")
+    print("| turn | chat.py TTFT, first token / first text (s) | LLaMA-Factory ChatModel, first token / first text (s) | ratio, first token | ratio, first text |")
+    print("|---|---|---|---|---|")
     for turn in TURNS:
-        print(f"| {turn} | {our_ttft[turn]:.4f} | {lf_ttft[turn]:.4f} | {our_ttft[turn] / lf_ttft[turn]:.2f} |")
+        (ours_token, ours_text), (lf_token, lf_text) = our_ttft[turn], lf_ttft[turn]
+        print(f"| {turn} | {ours_token:.4f} / {ours_text:.4f} | {lf_token:.4f} / {lf_text:.4f} | {ours_token / lf_token:.2f} | {ours_text / lf_text:.2f} |")
     print("| turn | chat.py decode tokens/s (tokens) | bare model.generate decode tokens/s | ratio |")
     print("|---|---|---|---|")
     for turn in TURNS:

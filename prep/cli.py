@@ -69,7 +69,7 @@ def distill_command(
     requests: Annotated[int, typer.Option("--requests", help="Number of requests in the plan.")] = 10,
     pairs_per_request: Annotated[int, typer.Option("--pairs-per-request", help="Q&A pairs (or dialogues) asked per request.")] = 20,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight at once.")] = 8,
-    processes: Annotated[Optional[int], typer.Option("--processes", help="Client processes sharing the requests in flight (default: one per 32).")] = None,
+    processes: Annotated[Optional[int], typer.Option("--processes", help="Client processes sharing the requests in flight (default: one per 64).")] = None,
     topics: Annotated[Optional[Path], typer.Option("--topics", help="Topic grid YAML (areas, concerns, personas); default data/topics/topics.yaml.")] = None,
     multi_turn_ratio: Annotated[float, typer.Option("--multi-turn-ratio", help="Share of requests asking for multi-turn dialogues.")] = 0.0,
     temperature: Annotated[float, typer.Option("--temperature")] = 0.9,

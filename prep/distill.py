@@ -89,7 +89,10 @@ class DistillConfig:
     processes: int | None = None  # client processes sharing the plan; None: one per PROCESS_SHARE requests in flight
 
 
-PROCESS_SHARE = 32  # requests in flight one client process carries: its event loop tops out near 250 requests/s
+# Requests in flight one client process carries. One event loop spends ~2 ms of CPU a request on a server-class
+# core (16-core H200 host: 0.98 of ideal at C = 64 with 200 ms latency, 0.86 at C = 128, where two processes
+# give 0.97); a second process costs ~2 s of start-up (spawn, importing openai). bench/README.md.
+PROCESS_SHARE = 64
 
 
 @dataclass
@@ -477,6 +480,11 @@ def failure_entry(base: dict, error: str) -> dict:
     return {**base, "status": "failed", "error": error, "raw": None, "pairs": []}
 
 
+def default_processes(concurrency: int) -> int:
+    """Client processes for ``concurrency`` requests in flight: one per PROCESS_SHARE, at most one per CPU."""
+    return max(1, min(os.cpu_count() or 1, concurrency // PROCESS_SHARE))
+
+
 def distill(config: DistillConfig) -> RunStats:
     """Run (or resume) a distillation and return its statistics."""
     if config.requests < 0 or config.concurrency < 1 or config.pairs_per_request < 1:
@@ -491,7 +499,7 @@ def distill(config: DistillConfig) -> RunStats:
         from prep.distill_batch import BatchDistiller
 
         return asyncio.run(BatchDistiller(config).run())
-    processes = config.processes or max(1, min(os.cpu_count() or 1, config.concurrency // PROCESS_SHARE))
+    processes = config.processes or default_processes(config.concurrency)
     if processes > 1:
         from prep.distill_processes import run_in_processes
 
