@@ -495,6 +495,8 @@ def distill(config: DistillConfig) -> RunStats:
         raise PrepError("--max-cost cannot cap a --batch run (a batch is priced after it ends); cap it with --requests.")
     if config.processes is not None and config.processes < 1:
         raise PrepError(f"--processes {config.processes}: expected 1 or more.")
+    if config.batch and config.processes not in (None, 1):
+        raise PrepError("--processes applies to live requests; a --batch run uploads its requests as files, leave it out.")
     if config.batch:
         from prep.distill_batch import BatchDistiller
 

@@ -256,3 +256,14 @@ def test_batch_api_refused_by_the_endpoint_is_one_sentence(tmp_path):
         result = subprocess.run(command, env=tool_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "does not offer the Batch API" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "j.jsonl.batches.jsonl").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--processes", "0"], "--processes 0: expected 1 or more."),
+    (["--processes", "2", "--batch"], "--processes applies to live requests"),
+])
+def test_bad_process_options_are_one_sentence(tmp_path, options, message):
+    command = [sys.executable, "-m", "prep.cli", "distill", "--out", str(tmp_path / "j.jsonl"), "--requests", "2", *options]
+    result = subprocess.run(command, env=tool_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "j.jsonl").exists()
