@@ -228,9 +228,11 @@ class JournalWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         if repair:
             self.repair_torn_tail(path)
+        self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._dirty = threading.Event()
         self._closing = False
+        self._sync_error: OSError | None = None
         self._syncer = threading.Thread(target=self._sync_loop, name="journal-fsync", daemon=True)
         self._syncer.start()
 
@@ -249,20 +251,37 @@ class JournalWriter:
             self._dirty.clear()
             if self._closing:
                 return
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as err:  # reported by the next write: the run must not go on without durability
+                self._sync_error = err
+                return
+
+    def _failed(self, err: OSError) -> PrepError:
+        return PrepError(f"cannot write the journal {self.path} ({err.strerror or err}); what it holds is kept, "
+                         "fix the disk and re-run the same command to resume.")
 
     def write(self, entry: dict) -> None:
+        if self._sync_error is not None:
+            raise self._failed(self._sync_error)
         line = memoryview(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
-        while line:  # a regular file takes the whole line at once; the loop only guards a short write
-            line = line[os.write(self._fd, line):]
+        try:
+            while line:  # a regular file takes the whole line at once; the loop only guards a short write
+                line = line[os.write(self._fd, line):]
+        except OSError as err:
+            raise self._failed(err) from None
         self._dirty.set()
 
     def close(self) -> None:
         self._closing = True
         self._dirty.set()
         self._syncer.join()
-        os.fsync(self._fd)
-        os.close(self._fd)
+        try:
+            os.fsync(self._fd)
+        except OSError as err:
+            raise self._failed(err) from None
+        finally:
+            os.close(self._fd)
 
 
 def _redact(text: str, secret: str | None) -> str:

@@ -16,7 +16,8 @@ from browser import free_port, wait_for_http
 from conftest import ROOT, tool_env
 from fake_openai import Behaviour, FakeOpenAI, prompt_hash
 from prep.build import BuildOptions, build
-from prep.distill import DistillConfig, distill, plan, read_journal
+from prep.distill import DistillConfig, JournalWriter, distill, plan, read_journal
+from prep.errors import PrepError
 
 SECRET = "sk-test-SECRETKEY-0123456789"
 
@@ -267,3 +268,29 @@ def test_bad_process_options_are_one_sentence(tmp_path, options, message):
     result = subprocess.run(command, env=tool_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "j.jsonl").exists()
+
+
+def test_a_journal_the_disk_refuses_stops_the_run_with_one_sentence(tmp_path, monkeypatch):
+    """A full disk (write) or a failing fsync ends the run with a PrepError naming the journal; lines written stay."""
+    import errno
+
+    def refuse(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = JournalWriter(tmp_path / "j.jsonl")
+    writer.write({"request_id": "kept"})
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", refuse)
+        with pytest.raises(PrepError, match=r"cannot write the journal .*j\.jsonl \(No space left on device\)"):
+            writer.write({"request_id": "lost"})
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", refuse)
+        writer.write({"request_id": "written, then not synced"})
+        deadline = time.time() + 5
+        while writer._sync_error is None and time.time() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(PrepError, match="No space left on device"):
+            writer.write({"request_id": "refused"})
+        with pytest.raises(PrepError):
+            writer.close()
+    assert [e["request_id"] for e in journal_lines(tmp_path / "j.jsonl")] == ["kept", "written, then not synced"]
