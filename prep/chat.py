@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prep.errors import PrepError
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
-from prep.safety import DEFAULT_HOTLINES, detect_crisis, ensure_referral
+from prep.safety import DEFAULT_HOTLINES, detect_crisis, ensure_referral, prepare_detector
 
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
 GENERATE_DEFAULT_TOP_K = 50  # transformers' generate samples from the 50 likeliest tokens unless told otherwise
@@ -172,7 +172,7 @@ class ChatSession:
         self._cache_ids: list[int] = []
         self._prefill_system()
         if self.guard:
-            detect_crisis("")  # train the crisis classifier now (~1-2 s), not on the user's first message
+            prepare_detector()  # not on the user's first message
 
     def _load_tokenizer(self):
         from transformers import AutoTokenizer

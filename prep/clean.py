@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from prep.parallel import MIN_PARALLEL, map_chunks
 from prep.pii import scrub_pii
 from prep.records import Conversation, Rejected, Turn
-from prep.safety import detect_crises, detect_crisis, refers_to_help
+from prep.safety import detect_crises, prepare_detector, refers_to_help
 
 
 @dataclass
@@ -183,7 +183,7 @@ def run_steps(records: list[Conversation], limits: Limits = Limits(), workers: i
 
     Kept records stay in input order; rejected ones are grouped by chunk.
     """
-    detect_crisis("")  # train the crisis classifier here once: forked workers inherit it instead of each training it
+    prepare_detector()  # here, once: forked workers inherit it instead of each training it
     results = map_chunks(_chain, records, limits, workers=workers, min_parallel=min_parallel, chunks_per_worker=2)
     if len(results) == 1:
         return results[0]

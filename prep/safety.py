@@ -178,6 +178,11 @@ def _learned_probabilities(cleaned: list[str]) -> list[float]:
     return model.probabilities(cleaned).tolist() if model is not None else [0.0] * len(cleaned)
 
 
+def prepare_detector() -> None:
+    """Train the classifier now (~1-2 s once per process) rather than on the first message scored."""
+    _learned_probabilities([""])
+
+
 def detect_crisis(text: str, use_model: bool = True) -> CrisisResult:
     """Return whether ``text`` (a user's message) signals suicide, self-harm or harm to others.
 
