@@ -198,7 +198,8 @@ def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult
     for start in range(0, len(cleaned), _SCORE_SLICE):  # bounded memory: ~180 bytes per character in a slice
         part = cleaned[start:start + _SCORE_SLICE]
         scores += _learned_probabilities(part) if use_model else [0.0] * len(part)
-    floor = LEXICON_FLOOR if use_model else 0.0
+    # Without a classifier (no labelled data found) every score is 0: the lexicon must then decide alone.
+    floor = LEXICON_FLOOR if use_model and bundled_model(_cleaned) is not None else 0.0
     return [_decide(text, score, floor=floor) for text, score in zip(cleaned, scores)]
 
 

@@ -63,3 +63,12 @@ def test_a_lexicon_word_the_classifier_rules_out_is_not_an_alarm(text):
 @pytest.mark.parametrize("text", ["我今晚就去跳楼，谁也别拦我", "刀片已经准备好了，我想割腕", "我想死"])
 def test_a_lexicon_word_in_a_crisis_still_fires(text):
     assert detect_crisis(text, use_model=False).crisis and detect_crisis(text).crisis
+
+
+def test_without_a_classifier_the_lexicon_decides_alone(monkeypatch):
+    """No labelled data found (bundled_model() is None): lexicon hits must not fall under the classifier's floor."""
+    import prep.safety
+
+    monkeypatch.setattr(prep.safety, "bundled_model", lambda prepare: None)
+    assert detect_crisis("我今晚就去跳楼，谁也别拦我").crisis and detect_crisis("我想死").crisis
+    assert not detect_crisis("累死了，今天加班到十点").crisis
