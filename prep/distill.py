@@ -17,6 +17,7 @@ the run with one clear sentence. The API key is never written anywhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -264,11 +265,14 @@ class JournalWriter:
     def write(self, entry: dict) -> None:
         if self._sync_error is not None:
             raise self._failed(self._sync_error)
-        line = memoryview(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
+        whole = line = memoryview(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
         try:
             while line:  # a regular file takes the whole line at once; the loop only guards a short write
                 line = line[os.write(self._fd, line):]
         except OSError as err:
+            if len(line) < len(whole):  # a torn line: end it, so that the next line (maybe another process's) stays whole
+                with contextlib.suppress(OSError):
+                    os.write(self._fd, b"\n")
             raise self._failed(err) from None
         self._dirty.set()
 
@@ -326,6 +330,8 @@ class Distiller:
         start = time.perf_counter()
         workers: list[asyncio.Task] = []
         try:
+            if self.shared is not None:
+                await self.shared.start_together()
             workers = [asyncio.create_task(self._worker(client, queue, journal, bar)) for _ in range(max(1, self.config.concurrency))]
             await asyncio.gather(*workers)
         finally:
@@ -334,8 +340,10 @@ class Distiller:
             await asyncio.gather(*workers, return_exceptions=True)
             self.stats.seconds = time.perf_counter() - start
             bar.close()
-            journal.close()
-            await client.close()
+            try:
+                journal.close()
+            finally:
+                await client.close()
         self.stats.stopped = self._stop_reason
         return self.stats
 
@@ -500,7 +508,10 @@ def failure_entry(base: dict, error: str) -> dict:
 
 
 def default_processes(concurrency: int) -> int:
-    """Client processes for ``concurrency`` requests in flight: one per PROCESS_SHARE, at most one per CPU."""
+    """Client processes for ``concurrency`` requests in flight: one per PROCESS_SHARE, at most one per CPU; one
+    where appends from several processes are not atomic (not POSIX)."""
+    if os.name != "posix":
+        return 1
     return max(1, min(os.cpu_count() or 1, concurrency // PROCESS_SHARE))
 
 
@@ -514,6 +525,8 @@ def distill(config: DistillConfig) -> RunStats:
         raise PrepError("--max-cost cannot cap a --batch run (a batch is priced after it ends); cap it with --requests.")
     if config.processes is not None and config.processes < 1:
         raise PrepError(f"--processes {config.processes}: expected 1 or more.")
+    if os.name != "posix" and config.processes not in (None, 1):
+        raise PrepError("--processes above 1 needs Linux or macOS (appends from several processes to one journal).")
     if config.batch and config.processes not in (None, 1):
         raise PrepError("--processes applies to live requests; a --batch run uploads its requests as files, leave it out.")
     if config.batch:

@@ -14,7 +14,7 @@ import pytest
 
 from browser import free_port, wait_for_http
 from conftest import ROOT, tool_env
-from fake_openai import Behaviour, FakeOpenAI, prompt_hash
+from fake_openai import Behaviour, FakeOpenAI, prompt_hash, selected
 from prep.build import BuildOptions, build
 from prep.distill import DistillConfig, JournalWriter, distill, plan, read_journal
 from prep.errors import PrepError
@@ -52,11 +52,10 @@ def test_exact_ok_counts_under_transient_faults(tmp_path):
     assert retried and all(e["endpoint_host"].startswith("127.0.0.1:") for e in entries)
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_429_retry_after_pauses_every_worker(tmp_path, processes):
+def test_429_retry_after_pauses_every_worker(tmp_path):
     fake = FakeOpenAI(Behaviour(fail_share=0.5, fail_status=429, retry_after_s=0.6))
     with fake as url:
-        stats = distill(config(tmp_path, url, requests=12, backoff_base_s=0.01, processes=processes))
+        stats = distill(config(tmp_path, url, requests=12, backoff_base_s=0.01))
     assert stats.ok == 12
     limited = [r["time"] for r in fake.requests if r["status"] == 429]
     first_limit = min(limited)
@@ -130,6 +129,26 @@ def test_resume_after_sigkill_loses_nothing_and_repeats_nothing(tmp_path, proces
     hash_of = {s.request_id: prompt_hash([{"role": "user", "content": s.prompt}]) for s in specs}
     resent = {r["prompt_hash"] for r in fake.requests[seen_before:]}
     assert not resent & {hash_of[rid] for rid in before}, "a request journalled as ok was sent again"
+
+
+def test_a_429_in_one_client_process_pauses_the_other(tmp_path):
+    """Two processes, one worker each; the plan's seed is picked so that only the first process's requests get
+    429s: the second process sees none itself and must still wait out the first one's retry-after."""
+    def fails(spec):
+        return selected([{"role": "user", "content": spec.prompt}], "fail", 0.3)
+
+    def chosen(seed):
+        specs = plan(config(tmp_path, "http://unused/v1", requests=12, seed=seed))
+        return fails(specs[0]) and not any(fails(spec) for spec in specs[1::2])
+
+    seed = next(seed for seed in range(500) if chosen(seed))
+    fake = FakeOpenAI(Behaviour(latency_s=0.1, fail_share=0.3, fail_status=429, retry_after_s=0.6))
+    with fake as url:
+        stats = distill(config(tmp_path, url, requests=12, concurrency=2, processes=2, seed=seed, backoff_base_s=0.01))
+    assert stats.ok == 12
+    first_limit = min(r["time"] for r in fake.requests if r["status"] == 429)
+    # Sent by either process after the 429 came back (0.1 s) and before retry-after ended: nothing.
+    assert not [r for r in fake.requests if first_limit + 0.2 < r["time"] < first_limit + 0.55]
 
 
 def test_client_processes_share_one_run(tmp_path):
