@@ -17,8 +17,8 @@ from prep.crisis_model import THRESHOLD
 from prep.safety import crisis_score, detect_crisis
 
 BLIND_SETS = ["crisis_holdout2.csv", "crisis_holdout3.csv", "crisis_holdout4.csv"]
-RECALL_FLOOR = 0.95  # the target; met on all three (0.970, 0.950, 0.960)
-FALSE_POSITIVE_CEILING = 0.15  # target 0.05: met on holdout2 only (0.050, 0.142, 0.080); holdout3 is 78% hard confounders
+RECALL_FLOOR = 0.95  # the target; met on all three (0.980, 0.958, 0.960)
+FALSE_POSITIVE_CEILING = 0.10  # target 0.05: met on holdout2 only (0.040, 0.083, 0.060); holdout3 is 78% hard confounders
 
 
 def rates(frame, use_model=True):
