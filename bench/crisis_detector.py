@@ -9,8 +9,9 @@ them; its n-gram range, regularisation and threshold were chosen with
 never on the test sets.
 
 Test sets (data/tests/, never trained or tuned on): crisis_holdout2 (200
-rows), crisis_holdout3 (240 rows) and crisis_holdout4 (300 rows), each written
-by an author who saw neither the detector nor the other sets.
+rows), crisis_holdout3 (240 rows), crisis_holdout4 and crisis_holdout5 (300
+rows each), each written by an author who saw neither the detector nor the
+other sets.
 
     python bench/crisis_detector.py          # figures per set
     python bench/crisis_detector.py -v       # ... and every miss and false alarm on the test sets
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from prep import crisis_model  # noqa: E402
 from prep.safety import _cleaned, crisis_score, detect_crisis  # noqa: E402
 
-TEST_SETS = ("crisis_holdout2", "crisis_holdout3", "crisis_holdout4")
+TEST_SETS = ("crisis_holdout2", "crisis_holdout3", "crisis_holdout4", "crisis_holdout5")
 
 
 def labelled_sets() -> list[tuple[str, pd.DataFrame]]:
