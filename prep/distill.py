@@ -140,7 +140,6 @@ class RunStats:
         self.completion_tokens += usage.get("completion_tokens") or 0
         self.pairs += len(entry.get("pairs") or [])
 
-
     def merge(self, other: "RunStats") -> None:
         """Add another shard's counts to these."""
         for name in self.COUNTED:

@@ -194,16 +194,17 @@ def detect_crisis(text: str, use_model: bool = True) -> CrisisResult:
 def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult]:
     """``detect_crisis`` for many messages, the classifier scoring them in vectorised slices."""
     cleaned = [_cleaned(text) for text in texts]
+    model = bundled_model(_cleaned) if use_model else None
     scores: list[float] = []
     for start in range(0, len(cleaned), _SCORE_SLICE):  # bounded memory: ~180 bytes per character in a slice
         part = cleaned[start:start + _SCORE_SLICE]
-        scores += _learned_probabilities(part) if use_model else [0.0] * len(part)
-    # Without a classifier (no labelled data found) every score is 0: the lexicon must then decide alone.
-    floor = LEXICON_FLOOR if use_model and bundled_model(_cleaned) is not None else 0.0
-    return [_decide(text, score, floor=floor) for text, score in zip(cleaned, scores)]
+        scores += model.probabilities(part).tolist() if model is not None else [0.0] * len(part)
+    # Without a classifier (switched off, or no labelled data found) the lexicon decides alone.
+    floor = LEXICON_FLOOR if model is not None else 0.0
+    return [_decide(text, score, floor) for text, score in zip(cleaned, scores)]
 
 
-def _decide(cleaned: str, score: float, threshold: float = LEARNED_THRESHOLD, floor: float = LEXICON_FLOOR) -> CrisisResult:
+def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
     """Lexicon hits the classifier does not rule out (``score >= floor``) or the classifier's score alone
     (``score >= threshold``), then the discounts for news, professionals and past risk."""
     self_harm = [m.group(0) for m in _SELF_HARM.finditer(cleaned)] + [m.group(0) for m in _COMPOSED.finditer(cleaned)]
@@ -211,7 +212,7 @@ def _decide(cleaned: str, score: float, threshold: float = LEARNED_THRESHOLD, fl
     if score < floor:
         self_harm, harm_others = [], []
     # The classifier alone does not decide on a few characters (你好, 谢谢, 晚安 sit near farewells in its data).
-    learned = score >= threshold and len(_NON_SPACE.sub("", cleaned)) >= LEARNED_MIN_CHARS
+    learned = score >= LEARNED_THRESHOLD and len(_NON_SPACE.sub("", cleaned)) >= LEARNED_MIN_CHARS
     if not self_harm and not harm_others and not learned:
         return CrisisResult(False, score=score)
     matches = self_harm + harm_others
