@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # The GPU session's benchmarks in one go (device machine: no network; wheels carried in .whl/, the bench
-# tokenizer in models/bench_tok/). Usage there: bash bench/gpu_run.sh  (results also under $OUT).
+# tokenizer in models/bench_tok/). Usage there: bash bench/gpu_run.sh [STEP ...]  (results also under $OUT).
+# Steps: distill, chat:N (bench_chat.py with N new tokens a reply); default: distill chat:48. chat:160 is about
+# the seed answers' median length (162 characters); one step of each kind fits in one 600 s device call.
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 DISABLE_VERSION_CHECK=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 echo "cpus: $(nproc)"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-timeout 200 python3 bench/bench_distill.py --rounds 25 --processes 1,2,4 2>&1 | tee "$OUT/distill.txt"
+STEPS=${*:-distill chat:48}
+case " $STEPS " in *" distill "*)
+    timeout 200 python3 bench/bench_distill.py --rounds 25 --processes 1,2,4 2>&1 | tee "$OUT/distill.txt";;
+esac
+case " $STEPS " in *" chat:"*) ;; *) exit 0;; esac
 python3 - <<'PY' 2>&1 | tail -2
 import torch
 from transformers import AutoTokenizer
@@ -16,4 +22,9 @@ tokenizer = AutoTokenizer.from_pretrained("models/bench_tok")
 config = llama_config(tokenizer, **{**LLAMA3_8B_SHAPE, "vocab_size": None})  # the tokenizer's 3k vocabulary: replies decode
 print(save_random_llama("/tmp/m8b", tokenizer, config, device="cuda", dtype=torch.bfloat16))
 PY
-timeout 330 python3 bench/bench_chat.py --model /tmp/m8b 2>&1 | grep -v "Loading weights\|Warning" | tee "$OUT/chat.txt"
+for step in $STEPS; do
+    case $step in chat:*)
+        timeout 330 python3 bench/bench_chat.py --model /tmp/m8b --new-tokens "${step#chat:}" 2>&1 \
+            | grep -v "Loading weights\|Warning" | tee "$OUT/chat_${step#chat:}.txt";;
+    esac
+done

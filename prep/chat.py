@@ -19,6 +19,10 @@ from prep.safety import DEFAULT_HOTLINES, detect_crisis, ensure_referral, prepar
 
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
 GENERATE_DEFAULT_TOP_K = 50  # transformers' generate samples from the 50 likeliest tokens unless told otherwise
+# When the history no longer fits, the oldest exchanges are dropped until the prompt fills at most this share of
+# the token budget, and the dropped ones stay dropped: the next turns extend the cached prefix. Dropping just
+# enough each turn would shift the whole window every turn and re-prefill nearly the full budget each time.
+TRIM_TO = 0.75
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Reply:
     ttft_s: float  # from the message to the first visible text
     tokens_per_s: float
     first_token_s: float = 0.0  # from the message to the first generated token (a character can take several)
+    prefill_tokens: int = 0  # prompt tokens computed for this reply (the rest came from the previous turns' cache)
 
     def to_json(self) -> dict:
         return {
@@ -170,6 +175,7 @@ class ChatSession:
             check_template(self.tokenizer, self.template)
         self._cache = None
         self._cache_ids: list[int] = []
+        self._history_start = 0  # history before this index was trimmed away (see TRIM_TO)
         self._prefill_system()
         if self.guard:
             prepare_detector()  # not on the user's first message
@@ -222,6 +228,7 @@ class ChatSession:
 
     def reset(self) -> None:
         self.history = []
+        self._history_start = 0
         self._cache, self._cache_ids = None, []
         self._prefill_system()
 
@@ -255,17 +262,28 @@ class ChatSession:
         self._cache, self._cache_ids = cache, prefix
 
     def _prompt_ids(self, message: str):
-        """Token ids of system + the newest history that fits + the new message."""
+        """Token ids of system + the newest history that fits + the new message.
+
+        Past the budget, the oldest exchanges go until the prompt fills at most ``TRIM_TO`` of it (or no history
+        is left), and later turns start from there."""
         budget = self.context_tokens - self.options.max_new_tokens
-        history = list(self.history)
-        while True:
-            messages = [{"role": "system", "content": self.system}] if self.system else []
-            messages += history + [{"role": "user", "content": message}]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            if ids.shape[1] <= budget or not history:
-                return ids
-            history = history[2:]  # drop the oldest exchange, keep the newest
+        start = min(self._history_start, len(self.history))
+        ids = self._render(self.history[start:], message)
+        if ids.shape[1] <= budget:
+            return ids
+        while start < len(self.history):
+            start += 2  # drop the oldest exchange, keep the newest
+            ids = self._render(self.history[start:], message)
+            if ids.shape[1] <= budget * TRIM_TO:
+                break
+        self._history_start = start
+        return ids
+
+    def _render(self, history: list[dict], message: str):
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        text = self.tokenizer.apply_chat_template(messages + history + [{"role": "user", "content": message}],
+                                                  tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
     def _reusable_cache(self, ids: list[int]):
         """The cache of the previous turn cropped to the prefix it shares with ``ids`` (None if nothing to reuse)."""
@@ -338,6 +356,7 @@ class ChatSession:
         prompt_ids = input_ids[0].tolist()
         cache = self._reusable_cache(prompt_ids)
         cache = DynamicCache() if cache is None else cache
+        prefill = len(prompt_ids) - cache.get_seq_length()
         self._cache, self._cache_ids = None, []  # until this reply completes, nothing is reusable
         decoder = IncrementalDecoder(self.tokenizer)
         pieces, generated, first, first_token = [], [], None, None
@@ -365,7 +384,8 @@ class ChatSession:
         first, first_token = first or end, first_token or end
         count = len(generated)
         self.last_reply = Reply(final, crisis, added, count, first - start,
-                                (count - 1) / (end - first_token) if end > first_token and count > 1 else 0.0, first_token - start)
+                                (count - 1) / (end - first_token) if end > first_token and count > 1 else 0.0, first_token - start,
+                                prefill)
         self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": final}]
 
     def ask(self, message: str) -> Reply:

@@ -55,3 +55,38 @@ def test_streamed_pieces_never_split_a_character(tiny_model):
     assert "".join(pieces) == text
     assert not any("\ufffd" in p for p in pieces)
     assert sum(1 for p in pieces if p) > 10
+
+
+def chat_past_the_window(tiny_model, monkeypatch, trim_to: float, reuse: bool = True):
+    """Sixteen turns through a 400-token window: each prompt's length, each reply, and the tokens prefilled."""
+    from prep import chat
+    from prep.chat import ChatSession, GenerationOptions
+
+    monkeypatch.setattr(chat, "TRIM_TO", trim_to)
+    options = GenerationOptions(temperature=0, max_new_tokens=16, repetition_penalty=1.0)
+    session = ChatSession(tiny_model, options=options, context_tokens=400, reuse_cache=reuse)
+    build_prompt, prompts = session._prompt_ids, []
+    session._prompt_ids = lambda message: prompts.append(build_prompt(message)) or prompts[-1]
+    replies = [session.ask(f"第{turn}个问题：{MESSAGE}") for turn in range(16)]
+    newest_kept = all(f"第{turn - 1}个问题" in session.tokenizer.decode(prompt[0])
+                      for turn, prompt in enumerate(prompts) if turn)
+    return [p.shape[1] for p in prompts], replies, newest_kept
+
+
+def test_a_full_window_is_trimmed_in_one_step_so_the_next_turns_reuse_the_cache(tiny_model, monkeypatch):
+    """Past the budget the oldest exchanges go until the prompt fills 3/4 of it; dropping just enough each turn
+    (TRIM_TO = 1) would shift the window every turn and re-prefill all of it. Either way every prompt fits, keeps
+    the newest exchange, and the replies are those of a session that reuses no cache."""
+    from prep.chat import TRIM_TO
+
+    budget = 400 - 16
+    lengths, replies, newest_kept = chat_past_the_window(tiny_model, monkeypatch, TRIM_TO)
+    step_lengths, step_replies, step_newest_kept = chat_past_the_window(tiny_model, monkeypatch, 1.0)
+    assert max(lengths) <= budget and max(step_lengths) <= budget and newest_kept and step_newest_kept
+    assert max(lengths) > 0.9 * budget  # the window did fill
+    full = [r.prefill_tokens for r in replies if r.prefill_tokens > budget / 2]
+    step_full = [r.prefill_tokens for r in step_replies if r.prefill_tokens > budget / 2]
+    assert len(step_full) >= 5 and len(full) <= len(step_full) / 2, (full, step_full)
+    assert sum(r.prefill_tokens for r in replies) < 0.7 * sum(r.prefill_tokens for r in step_replies)
+    _, uncached, _ = chat_past_the_window(tiny_model, monkeypatch, TRIM_TO, reuse=False)
+    assert [r.text for r in replies] == [r.text for r in uncached]
