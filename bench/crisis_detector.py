@@ -20,6 +20,7 @@ other sets.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import sys
 import time
@@ -30,7 +31,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from prep import crisis_model  # noqa: E402
+from prep import crisis_model, safety  # noqa: E402
 from prep.safety import _cleaned, crisis_score, detect_crisis  # noqa: E402
 
 TEST_SETS = ("crisis_holdout2", "crisis_holdout3", "crisis_holdout4", "crisis_holdout5")
@@ -67,24 +68,36 @@ def report(verbose: bool) -> None:
 
 
 def cross_validate() -> None:
-    """Leave one training source out, for each setting; report the classifier alone per held-out source."""
+    """Leave one training source out, for each classifier setting; the whole detector's recall / FPR (out-of-fold
+    classifier scores, the lexicon and its floor, the discounts) at each threshold and lexicon floor."""
     texts, labels, sources = crisis_model.training_examples()
-    texts, labels, sources = np.array(texts, dtype=object), np.array(labels), np.array(sources)
-    for ngram_range in ((1, 3), (1, 4), (2, 4)):
-        for regularisation in (3.0, 10.0, 30.0):
+    cleaned, labels, sources = [_cleaned(text) for text in texts], np.array(labels), np.array(sources)
+    for ngram_range in ((1, 3), (1, 4)):
+        for regularisation in (10.0, 30.0, 60.0):
             crisis_model.NGRAM_RANGE, crisis_model.REGULARISATION_C = ngram_range, regularisation
             scores = np.zeros(len(texts))
             for source in np.unique(sources):
                 held = sources == source
-                model = crisis_model.fit(list(texts[~held]), list(labels[~held]), _cleaned)
-                scores[held] = [model.probability(_cleaned(text)) for text in texts[held]]
-            print(f"ngram_range={ngram_range} C={regularisation}")
-            for threshold in (0.4, 0.5, 0.6, 0.7):
-                predicted = scores >= threshold
-                per_source = " ".join(
-                    f"{source}:{predicted[(sources == source) & (labels == 1)].mean():.2f}/{predicted[(sources == source) & (labels == 0)].mean():.2f}"
-                    for source in np.unique(sources))
-                print(f"  t={threshold}: recall {predicted[labels == 1].mean():.3f} FPR {predicted[labels == 0].mean():.3f} | {per_source}")
+                model = crisis_model.fit([t for t, h in zip(texts, held) if not h], list(labels[~held]), _cleaned)
+                scores[held] = model.probabilities([c for c, h in zip(cleaned, held) if h])
+            print(f"ngram_range={ngram_range} C={regularisation}", flush=True)
+            for threshold in (0.45, 0.5, 0.55, 0.6):
+                cells = []
+                for floor in (0.0, 0.2, 0.3):
+                    with patched(safety, LEARNED_THRESHOLD=threshold):
+                        predicted = np.array([safety._decide(c, score, floor).crisis for c, score in zip(cleaned, scores)])
+                    cells.append(f"floor {floor}: {predicted[labels == 1].mean():.3f} / {predicted[labels == 0].mean():.3f}")
+                print(f"  threshold {threshold}: " + " | ".join(cells))
+
+
+@contextlib.contextmanager
+def patched(module, **values):
+    saved = {name: getattr(module, name) for name in values}
+    vars(module).update(values)
+    try:
+        yield
+    finally:
+        vars(module).update(saved)
 
 
 if __name__ == "__main__":
