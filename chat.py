@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--load-in-4bit", action="store_true", help="4-bit weights (CUDA, bitsandbytes)")
     parser.add_argument("--load-in-8bit", action="store_true", help="8-bit weights (CUDA, bitsandbytes)")
     parser.add_argument("--hotline", action="append", help="a hotline the safety guard names (repeatable; default 12356 and 400-161-9995)")
-    parser.add_argument("--context-tokens", type=int, default=4096, help="token budget of the prompt plus the reply")
+    parser.add_argument("--context-tokens", type=int, default=4096, help="token budget of the prompt plus the reply (at most the model's max_position_embeddings)")
     parser.add_argument("--web", action="store_true", help="serve a chat page instead of the terminal loop")
     parser.add_argument("--host", default="127.0.0.1", help="web host (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="web port")

@@ -171,6 +171,9 @@ class ChatSession:
         self.tokenizer = self._load_tokenizer()
         self.model = self._load_model()
         self.stop_ids = self._stop_ids()
+        window = getattr(self.model.config, "max_position_embeddings", None)
+        if isinstance(window, int) and 0 < window < self.context_tokens:
+            self.context_tokens = window  # never a prompt longer than the model was built for
         if self.template:
             check_template(self.tokenizer, self.template)
         self._cache = None

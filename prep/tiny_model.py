@@ -149,7 +149,7 @@ def save_random_llama(out_dir: Path, tokenizer, config, seed: int = 0, device: s
 
 def build_tiny_model(out_dir: Path, inputs: list[Path], vocab_size: int = 3000, hidden_size: int = 64,
                      layers: int = 2, heads: int = 4, kv_heads: int = 2, seed: int = 0,
-                     initializer_range: float = 0.1) -> Path:
+                     initializer_range: float = 0.1, max_position_embeddings: int = 2048) -> Path:
     """Write a tiny Llama (safetensors), its tokenizer and generation config to ``out_dir``.
 
     ``initializer_range`` is larger than Llama's 0.02 on purpose: with a frozen random
@@ -159,7 +159,8 @@ def build_tiny_model(out_dir: Path, inputs: list[Path], vocab_size: int = 3000, 
     if not texts:
         raise PrepError("no text found in the inputs to train the tiny tokenizer on.")
     tokenizer = train_tokenizer(texts, vocab_size)
-    config = llama_config(tokenizer, hidden_size, layers, heads, kv_heads, initializer_range=initializer_range)
+    config = llama_config(tokenizer, hidden_size, layers, heads, kv_heads, max_position_embeddings=max_position_embeddings,
+                          initializer_range=initializer_range)
     out_dir = save_random_llama(out_dir, tokenizer, config, seed=seed)
     (out_dir / "tiny_model.json").write_text(
         json.dumps({"built_by": "prep tiny-model", "inputs": [str(p) for p in inputs], "vocab_size": len(tokenizer),

@@ -90,3 +90,11 @@ def test_a_full_window_is_trimmed_in_one_step_so_the_next_turns_reuse_the_cache(
     assert sum(r.prefill_tokens for r in replies) < 0.7 * sum(r.prefill_tokens for r in step_replies)
     _, uncached, _ = chat_past_the_window(tiny_model, monkeypatch, TRIM_TO, reuse=False)
     assert [r.text for r in replies] == [r.text for r in uncached]
+
+
+def test_context_budget_never_exceeds_the_models_window(tiny_model):
+    from prep.chat import ChatSession
+
+    session = ChatSession(tiny_model, context_tokens=100_000)
+    assert session.context_tokens == session.model.config.max_position_embeddings == 2048
+    assert ChatSession(tiny_model, context_tokens=1000).context_tokens == 1000
