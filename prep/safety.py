@@ -17,7 +17,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from prep.crisis_model import LEXICON_FLOOR, THRESHOLD as LEARNED_THRESHOLD
+from prep.crisis_model import DISCOUNT_CEILING, LEXICON_FLOOR, THRESHOLD as LEARNED_THRESHOLD
 from prep.crisis_model import bundled_model
 
 DEFAULT_HOTLINES: tuple[str, ...] = (
@@ -206,7 +206,8 @@ def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult
 
 def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
     """Lexicon hits the classifier does not rule out (``score >= floor``) or the classifier's score alone
-    (``score >= threshold``), then the discounts for news, professionals and past risk."""
+    (``score >= threshold``), then the discounts for news, professionals and past risk, unless the classifier
+    is sure (``score >= DISCOUNT_CEILING``)."""
     self_harm = [m.group(0) for m in _SELF_HARM.finditer(cleaned)] + [m.group(0) for m in _COMPOSED.finditer(cleaned)]
     harm_others = [m.group(0) for m in _HARM_OTHERS.finditer(cleaned)]
     if score < floor:
@@ -216,6 +217,9 @@ def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
     if not self_harm and not harm_others and not learned:
         return CrisisResult(False, score=score)
     matches = self_harm + harm_others
+    kind = "self_harm" if self_harm else "harm_others" if harm_others else "learned"
+    if score >= DISCOUNT_CEILING:
+        return CrisisResult(True, kind, matches, score)
     if _THIRD_PARTY.search(cleaned) and not _FIRST_PERSON.search(cleaned):
         return CrisisResult(False, matches=matches, score=score)
     if _PROFESSIONAL.search(cleaned) and not _SELF_STATEMENT.search(cleaned):
@@ -224,7 +228,6 @@ def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
         return CrisisResult(False, matches=matches, score=score)
     if harm_others and not self_harm and _JOKE.search(cleaned):
         return CrisisResult(False, matches=matches, score=score)
-    kind = "self_harm" if self_harm else "harm_others" if harm_others else "learned"
     return CrisisResult(True, kind, matches, score)
 
 
