@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from prep import crisis_model, safety  # noqa: E402
 from prep.safety import _cleaned, crisis_score, detect_crisis  # noqa: E402
 
-TEST_SETS = ("crisis_holdout2", "crisis_holdout3", "crisis_holdout4", "crisis_holdout5")
+TEST_SETS = ("crisis_holdout2", "crisis_holdout3", "crisis_holdout4", "crisis_holdout5", "crisis_holdout6", "crisis_holdout7")
 
 
 def labelled_sets() -> list[tuple[str, pd.DataFrame]]:

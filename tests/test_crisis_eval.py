@@ -1,12 +1,13 @@
 """The crisis detector on labelled messages it was never trained or tuned on.
 
-data/tests/crisis_holdout2.csv to crisis_holdout5.csv were each written by an
+data/tests/crisis_holdout2.csv to crisis_holdout7.csv were each written by an
 author who saw neither the detector nor the other sets; the classifier trains
 on data/safety/*.csv and the seed, and its settings were chosen by
 cross-validation on those (bench/crisis_detector.py --cv). The chat issue's
-targets are recall >= 0.95 and false-positive rate <= 0.05; the floors below
-are what the detector reaches on the blind sets today (bench/README.md), so a
-change that makes it worse fails here.
+targets are recall >= 0.95 and false-positive rate <= 0.05: met over all the
+blind sets together, and on the newest one (scored once, after every change was
+decided); the per-set floors below are what the detector reaches on each set
+today (bench/README.md), so a change that makes it worse fails here.
 """
 
 import pandas as pd
@@ -16,9 +17,9 @@ from conftest import ROOT
 from prep.crisis_model import THRESHOLD
 from prep.safety import crisis_score, detect_crisis
 
-BLIND_SETS = ["crisis_holdout2.csv", "crisis_holdout3.csv", "crisis_holdout4.csv", "crisis_holdout5.csv"]
-RECALL_FLOOR = 0.94  # target 0.95: 0.980, 0.967, 0.960, 0.947
-FALSE_POSITIVE_CEILING = 0.08  # target 0.05: 0.050, 0.067, 0.053, 0.013 (holdout3 is 78% hard confounders)
+BLIND_SETS = [f"crisis_holdout{n}.csv" for n in range(2, 8)]
+RECALL_FLOOR = 0.94  # target 0.95 per set: 1.000, 0.967, 0.980, 0.953, 0.947, 0.960
+FALSE_POSITIVE_CEILING = 0.07  # target 0.05 per set: 0.030, 0.067, 0.033, 0.013, 0.027, 0.040 (holdout3 is 78% hard confounders)
 
 
 def rates(frame, use_model=True):
@@ -37,6 +38,12 @@ def test_detector_on_sets_it_never_saw(name):
     recall, false_positive_rate = rates(frame)
     assert recall >= RECALL_FLOOR, f"recall {recall:.3f}"
     assert false_positive_rate <= FALSE_POSITIVE_CEILING, f"false-positive rate {false_positive_rate:.3f}"
+
+
+def test_detector_meets_the_targets_over_all_blind_sets():
+    frame = pd.concat([load(ROOT / "data" / "tests" / name) for name in BLIND_SETS])
+    recall, false_positive_rate = rates(frame)
+    assert recall >= 0.95 and false_positive_rate <= 0.05, f"recall {recall:.3f}, false-positive rate {false_positive_rate:.3f}"
 
 
 @pytest.mark.parametrize("name", BLIND_SETS)
