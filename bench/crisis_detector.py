@@ -4,12 +4,12 @@ Training and development data (data/safety/*.csv and the seed's questions):
 the lexicon was developed on crisis_eval, crisis_dev2 and crisis_dev3 (error
 analysis, one round each); crisis_holdout was measured once blind and then
 became training data. The classifier (prep/crisis_model.py) trains on all of
-them; its n-gram range, regularisation and threshold were chosen with
-``--cv`` (leave-one-source-out cross-validation over the training sources),
-never on the test sets.
+them; its n-gram range, regularisation, threshold, lexicon floor and discount
+ceiling were chosen with ``--cv`` (leave-one-source-out cross-validation of
+the whole detector over the training sources), never on the test sets.
 
 Test sets (data/tests/, never trained or tuned on): crisis_holdout2 (200
-rows), crisis_holdout3 (240 rows), crisis_holdout4 and crisis_holdout5 (300
+rows), crisis_holdout3 (240 rows), crisis_holdout4 to crisis_holdout7 (300
 rows each), each written by an author who saw neither the detector nor the
 other sets.
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from prep import crisis_model, safety  # noqa: E402
 from prep.safety import _cleaned, crisis_score, detect_crisis  # noqa: E402
 
-TEST_SETS = ("crisis_holdout2", "crisis_holdout3", "crisis_holdout4", "crisis_holdout5", "crisis_holdout6", "crisis_holdout7")
+TEST_SETS = tuple(f"crisis_holdout{n}" for n in range(2, 8))
 
 
 def labelled_sets() -> list[tuple[str, pd.DataFrame]]:
