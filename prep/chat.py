@@ -265,22 +265,27 @@ class ChatSession:
         self._cache, self._cache_ids = cache, prefix
 
     def _prompt_ids(self, message: str):
-        """Token ids of system + the newest history that fits + the new message.
-
-        Past the budget, the oldest exchanges go until the prompt fills at most ``TRIM_TO`` of it (or no history
-        is left), and later turns start from there."""
+        """Token ids of system + the newest history that fits + the new message (see ``_trim``)."""
         budget = self.context_tokens - self.options.max_new_tokens
         start = min(self._history_start, len(self.history))
         ids = self._render(self.history[start:], message)
-        if ids.shape[1] <= budget:
-            return ids
-        while start < len(self.history):
-            start += 2  # drop the oldest exchange, keep the newest
+        if ids.shape[1] > budget and start < len(self.history):
+            self._history_start = start = self._trim(start, message, budget)
             ids = self._render(self.history[start:], message)
-            if ids.shape[1] <= budget * TRIM_TO:
-                break
-        self._history_start = start
         return ids
+
+    def _trim(self, start: int, message: str, budget: int) -> int:
+        """Where the kept history starts once it overflows: the oldest exchanges go until the history fills at
+        most ``TRIM_TO`` of the room the system prompt and the message leave, but the newest exchange stays
+        whenever it fits on its own."""
+        fixed = self._render([], message).shape[1]
+        room = budget - fixed
+        newest = len(self.history) - 2
+        while start < newest:
+            start += 2  # drop the oldest exchange, keep the newest
+            if self._render(self.history[start:], message).shape[1] - fixed <= room * TRIM_TO:
+                return start
+        return newest if self._render(self.history[newest:], message).shape[1] <= budget else len(self.history)
 
     def _render(self, history: list[dict], message: str):
         messages = [{"role": "system", "content": self.system}] if self.system else []
