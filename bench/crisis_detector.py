@@ -9,7 +9,7 @@ ceiling were chosen with ``--cv`` (leave-one-source-out cross-validation of
 the whole detector over the training sources), never on the test sets.
 
 Test sets (data/tests/, never trained or tuned on): crisis_holdout2 (200
-rows), crisis_holdout3 (240 rows), crisis_holdout4 to crisis_holdout7 (300
+rows), crisis_holdout3 (240 rows), crisis_holdout4 to crisis_holdout8 (300
 rows each), each written by an author who saw neither the detector nor the
 other sets.
 
@@ -69,25 +69,40 @@ def report(verbose: bool) -> None:
 
 def cross_validate() -> None:
     """Leave one training source out, for each classifier setting; the whole detector's recall / FPR (out-of-fold
-    classifier scores, the lexicon and its floor, the discounts) at each threshold and lexicon floor."""
+    classifier scores, the lexicon and its floor, the discounts) at each threshold and lexicon floor, and for the
+    shipped setting at each discount ceiling."""
     texts, labels, sources = crisis_model.training_examples()
     cleaned, labels, sources = [_cleaned(text) for text in texts], np.array(labels), np.array(sources)
+    shipped = (crisis_model.NGRAM_RANGE, crisis_model.REGULARISATION_C)
     for ngram_range in ((1, 3), (1, 4)):
         for regularisation in (10.0, 30.0, 60.0):
-            crisis_model.NGRAM_RANGE, crisis_model.REGULARISATION_C = ngram_range, regularisation
-            scores = np.zeros(len(texts))
-            for source in np.unique(sources):
-                held = sources == source
-                model = crisis_model.fit([t for t, h in zip(texts, held) if not h], list(labels[~held]), _cleaned)
-                scores[held] = model.probabilities([c for c, h in zip(cleaned, held) if h])
+            with patched(crisis_model, NGRAM_RANGE=ngram_range, REGULARISATION_C=regularisation):
+                scores = out_of_fold_scores(texts, cleaned, labels, sources)
             print(f"ngram_range={ngram_range} C={regularisation}", flush=True)
             for threshold in (0.45, 0.5, 0.55, 0.6):
-                cells = []
-                for floor in (0.0, 0.2, 0.3):
-                    with patched(safety, LEARNED_THRESHOLD=threshold):
-                        predicted = np.array([safety._decide(c, score, floor).crisis for c, score in zip(cleaned, scores)])
-                    cells.append(f"floor {floor}: {predicted[labels == 1].mean():.3f} / {predicted[labels == 0].mean():.3f}")
+                cells = [f"floor {floor}: {detector_rates(cleaned, scores, labels, LEARNED_THRESHOLD=threshold, LEXICON_FLOOR=floor)}"
+                         for floor in (0.0, 0.2, 0.3)]
                 print(f"  threshold {threshold}: " + " | ".join(cells))
+            if (ngram_range, regularisation) == shipped:
+                cells = [f"ceiling {ceiling}: {detector_rates(cleaned, scores, labels, DISCOUNT_CEILING=ceiling)}"
+                         for ceiling in (1.01, 0.9, 0.8, 0.7)]  # 1.01: the discounts always apply
+                print("  shipped threshold and floor, discount ceiling: " + " | ".join(cells))
+
+
+def out_of_fold_scores(texts: list[str], cleaned: list[str], labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    scores = np.zeros(len(texts))
+    for source in np.unique(sources):
+        held = sources == source
+        model = crisis_model.fit([t for t, h in zip(texts, held) if not h], list(labels[~held]), _cleaned)
+        scores[held] = model.probabilities([c for c, h in zip(cleaned, held) if h])
+    return scores
+
+
+def detector_rates(cleaned: list[str], scores: np.ndarray, labels: np.ndarray, **settings) -> str:
+    """The whole detector's recall / FPR with some of ``prep.safety``'s settings replaced."""
+    with patched(safety, **settings):
+        predicted = np.array([safety._decide(c, score, safety.LEXICON_FLOOR).crisis for c, score in zip(cleaned, scores)])
+    return f"{predicted[labels == 1].mean():.3f} / {predicted[labels == 0].mean():.3f}"
 
 
 @contextlib.contextmanager

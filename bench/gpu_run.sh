@@ -6,10 +6,13 @@
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 DISABLE_VERSION_CHECK=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+STEPS=${*:-distill chat:48}
+for step in $STEPS; do
+    case $step in distill|chat:[1-9]*) ;; *) echo "unknown step '$step': expected distill or chat:N" >&2; exit 2;; esac
+done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 echo "cpus: $(nproc)"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-STEPS=${*:-distill chat:48}
 case " $STEPS " in *" distill "*)
     timeout 200 python3 bench/bench_distill.py --rounds 25 --processes 1,2,4 2>&1 | tee "$OUT/distill.txt";;
 esac

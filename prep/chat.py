@@ -19,9 +19,10 @@ from prep.safety import DEFAULT_HOTLINES, detect_crisis, ensure_referral, prepar
 
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
 GENERATE_DEFAULT_TOP_K = 50  # transformers' generate samples from the 50 likeliest tokens unless told otherwise
-# When the history no longer fits, the oldest exchanges are dropped until the prompt fills at most this share of
-# the token budget, and the dropped ones stay dropped: the next turns extend the cached prefix. Dropping just
-# enough each turn would shift the whole window every turn and re-prefill nearly the full budget each time.
+# When the history no longer fits, the oldest exchanges are dropped until the history fills at most this share of
+# the room the system prompt and the new message leave, and the dropped ones stay dropped: the next turns extend
+# the cached prefix. Dropping just enough each turn would shift the whole window every turn and re-prefill nearly
+# all of it each time.
 TRIM_TO = 0.75
 
 
@@ -173,12 +174,16 @@ class ChatSession:
         self.stop_ids = self._stop_ids()
         window = getattr(self.model.config, "max_position_embeddings", None)
         if isinstance(window, int) and 0 < window < self.context_tokens:
-            self.context_tokens = window  # never a prompt longer than the model was built for
+            self.context_tokens = window  # the budget never exceeds the window the model was built for
+        if self.options.max_new_tokens >= self.context_tokens:
+            raise PrepError(f"--max-new-tokens {self.options.max_new_tokens} leaves no room for the prompt: the context "
+                            f"is {self.context_tokens} tokens (--context-tokens, at most the model's window); expected "
+                            f"fewer new tokens than that.")
         if self.template:
             check_template(self.tokenizer, self.template)
         self._cache = None
         self._cache_ids: list[int] = []
-        self._history_start = 0  # history before this index was trimmed away (see TRIM_TO)
+        self._history_start, self._dropped = 0, []  # history[:start] was trimmed away (see TRIM_TO)
         self._prefill_system()
         if self.guard:
             prepare_detector()  # not on the user's first message
@@ -231,7 +236,7 @@ class ChatSession:
 
     def reset(self) -> None:
         self.history = []
-        self._history_start = 0
+        self._history_start, self._dropped = 0, []
         self._cache, self._cache_ids = None, []
         self._prefill_system()
 
@@ -267,11 +272,14 @@ class ChatSession:
     def _prompt_ids(self, message: str):
         """Token ids of system + the newest history that fits + the new message (see ``_trim``)."""
         budget = self.context_tokens - self.options.max_new_tokens
-        start = min(self._history_start, len(self.history))
+        start = self._history_start
+        if self.history[:start] != self._dropped:  # history replaced from outside (the web chat sets it per tab)
+            start = 0
         ids = self._render(self.history[start:], message)
         if ids.shape[1] > budget and start < len(self.history):
-            self._history_start = start = self._trim(start, message, budget)
+            start = self._trim(start, message, budget)
             ids = self._render(self.history[start:], message)
+        self._history_start, self._dropped = start, self.history[:start]
         return ids
 
     def _trim(self, start: int, message: str, budget: int) -> int:

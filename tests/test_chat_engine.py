@@ -74,8 +74,8 @@ def chat_past_the_window(tiny_model, monkeypatch, trim_to: float, reuse: bool = 
 
 
 def test_a_full_window_is_trimmed_in_one_step_so_the_next_turns_reuse_the_cache(tiny_model, monkeypatch):
-    """Past the budget the oldest exchanges go until the prompt fills 3/4 of it; dropping just enough each turn
-    (TRIM_TO = 1) would shift the window every turn and re-prefill all of it. Either way every prompt fits, keeps
+    """Past the budget the oldest exchanges go until the history fills 3/4 of its room; dropping just enough each
+    turn (TRIM_TO = 1) would shift the window every turn and re-prefill all of it. Either way every prompt fits, keeps
     the newest exchange, and the replies are those of a session that reuses no cache."""
     from prep.chat import TRIM_TO
 
@@ -98,3 +98,25 @@ def test_context_budget_never_exceeds_the_models_window(tiny_model):
     session = ChatSession(tiny_model, context_tokens=100_000)
     assert session.context_tokens == session.model.config.max_position_embeddings == 2048
     assert ChatSession(tiny_model, context_tokens=1000).context_tokens == 1000
+
+
+def test_history_replaced_after_a_trim_is_used_whole(tiny_model):
+    """The web chat hands the session each tab's own history: a trim point left by another, longer conversation
+    must not hide the new one."""
+    from prep.chat import ChatSession, GenerationOptions
+
+    session = ChatSession(tiny_model, options=GenerationOptions(temperature=0, max_new_tokens=16), context_tokens=300)
+    session.history = [m for i in range(12) for m in ({"role": "user", "content": f"旧问题{i}"},
+                                                      {"role": "assistant", "content": f"旧回答{i}"})]
+    assert "旧问题0" not in session.tokenizer.decode(session._prompt_ids("新问题")[0])  # trimmed
+    session.history = [{"role": "user", "content": "新对话的第一个问题"}, {"role": "assistant", "content": "新对话的回答"}]
+    prompt = session.tokenizer.decode(session._prompt_ids("新问题")[0])
+    assert "新对话的第一个问题" in prompt and "新对话的回答" in prompt
+
+
+def test_more_new_tokens_than_the_context_is_one_clear_error(tiny_model):
+    from prep.chat import ChatSession, GenerationOptions
+    from prep.errors import PrepError
+
+    with pytest.raises(PrepError, match="--max-new-tokens 3000 leaves no room for the prompt: the context is 2048 tokens"):
+        ChatSession(tiny_model, options=GenerationOptions(max_new_tokens=3000))
