@@ -183,7 +183,7 @@ class ChatSession:
             check_template(self.tokenizer, self.template)
         self._cache = None
         self._cache_ids: list[int] = []
-        self._history_start, self._dropped = 0, []  # history[:start] was trimmed away (see TRIM_TO)
+        self._dropped: list[dict] = []  # the oldest exchanges trimmed away, which stay away (see TRIM_TO)
         self._prefill_system()
         if self.guard:
             prepare_detector()  # not on the user's first message
@@ -236,7 +236,7 @@ class ChatSession:
 
     def reset(self) -> None:
         self.history = []
-        self._history_start, self._dropped = 0, []
+        self._dropped = []
         self._cache, self._cache_ids = None, []
         self._prefill_system()
 
@@ -272,28 +272,30 @@ class ChatSession:
     def _prompt_ids(self, message: str):
         """Token ids of system + the newest history that fits + the new message (see ``_trim``)."""
         budget = self.context_tokens - self.options.max_new_tokens
-        start = self._history_start
+        start = len(self._dropped)
         if self.history[:start] != self._dropped:  # history replaced from outside (the web chat sets it per tab)
             start = 0
         ids = self._render(self.history[start:], message)
         if ids.shape[1] > budget and start < len(self.history):
-            start = self._trim(start, message, budget)
-            ids = self._render(self.history[start:], message)
-        self._history_start, self._dropped = start, self.history[:start]
+            start, ids = self._trim(start, message, budget)
+        self._dropped = self.history[:start]
         return ids
 
-    def _trim(self, start: int, message: str, budget: int) -> int:
-        """Where the kept history starts once it overflows: the oldest exchanges go until the history fills at
-        most ``TRIM_TO`` of the room the system prompt and the message leave, but the newest exchange stays
-        whenever it fits on its own."""
-        fixed = self._render([], message).shape[1]
+    def _trim(self, start: int, message: str, budget: int):
+        """Where the kept history starts once it overflows, and the prompt from there: the oldest exchanges go
+        until the history fills at most ``TRIM_TO`` of the room the system prompt and the message leave, but the
+        newest exchange stays whenever it fits on its own."""
+        alone = self._render([], message)
+        fixed = alone.shape[1]
         room = budget - fixed
-        newest = len(self.history) - 2
+        newest = max(len(self.history) - 2, 0)  # (an odd history can only come from outside)
         while start < newest:
             start += 2  # drop the oldest exchange, keep the newest
-            if self._render(self.history[start:], message).shape[1] - fixed <= room * TRIM_TO:
-                return start
-        return newest if self._render(self.history[newest:], message).shape[1] <= budget else len(self.history)
+            ids = self._render(self.history[start:], message)
+            if ids.shape[1] - fixed <= room * TRIM_TO:
+                return start, ids
+        ids = self._render(self.history[newest:], message)
+        return (newest, ids) if ids.shape[1] <= budget else (len(self.history), alone)
 
     def _render(self, history: list[dict], message: str):
         messages = [{"role": "system", "content": self.system}] if self.system else []

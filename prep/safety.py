@@ -166,21 +166,20 @@ _NON_SPACE = re.compile(r"[\s\W_]+")
 
 def crisis_score(text: str) -> float:
     """The classifier's probability that ``text`` signals a crisis (0 when no training data is bundled)."""
-    return float(_learned_probabilities([_cleaned(text)])[0])
+    return _learned_probabilities([_cleaned(text)], bundled_model(_cleaned))[0]
 
 
 def _cleaned(text: str) -> str:
     return _CONFOUNDERS.sub(" ", normalise_for_detection(text))
 
 
-def _learned_probabilities(cleaned: list[str]) -> list[float]:
-    model = bundled_model(_cleaned)
+def _learned_probabilities(cleaned: list[str], model) -> list[float]:
     return model.probabilities(cleaned).tolist() if model is not None else [0.0] * len(cleaned)
 
 
 def prepare_detector() -> None:
-    """Train the classifier now (~1-2 s once per process) rather than on the first message scored."""
-    _learned_probabilities([""])
+    """Train the classifier now (~2 s once per process) rather than on the first message scored."""
+    bundled_model(_cleaned)
 
 
 def detect_crisis(text: str, use_model: bool = True) -> CrisisResult:
@@ -198,7 +197,7 @@ def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult
     scores: list[float] = []
     for start in range(0, len(cleaned), _SCORE_SLICE):  # bounded memory: ~180 bytes per character in a slice
         part = cleaned[start:start + _SCORE_SLICE]
-        scores += model.probabilities(part).tolist() if model is not None else [0.0] * len(part)
+        scores += _learned_probabilities(part, model)
     # Without a classifier (switched off, or no labelled data found) the lexicon decides alone.
     floor = LEXICON_FLOOR if model is not None else 0.0
     return [_decide(text, score, floor) for text, score in zip(cleaned, scores)]
