@@ -6,6 +6,7 @@
     python chat.py --prompt "..." --json # {"reply": ..., "safety": {...}, ...}
     python chat.py --model BASE --adapter runs/x/lora   # LoRA adapter without merging
     python chat.py --web                 # Gradio page on http://127.0.0.1:7860
+    python chat.py --compile             # GPU: static KV cache + CUDA graphs, compiled at start-up
 
 Commands in the interactive loop: /reset, /system TEXT, /save FILE, /exit.
 No conversation is written to disk unless you ask with /save.
@@ -36,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--template", default="llama3", help="LLaMA-Factory template the model was trained with (checked at load)")
     parser.add_argument("--load-in-4bit", action="store_true", help="4-bit weights (CUDA, bitsandbytes)")
     parser.add_argument("--load-in-8bit", action="store_true", help="8-bit weights (CUDA, bitsandbytes)")
+    parser.add_argument("--compile", action="store_true",
+                        help="static KV cache + torch.compile (CUDA graphs on a GPU), compiled at start-up: meant for GPUs, where an eager forward is bound by kernel launches")
     parser.add_argument("--hotline", action="append", help="a hotline the safety guard names (repeatable; default 12356 and 400-161-9995)")
     parser.add_argument("--context-tokens", type=int, default=4096, help="token budget of the prompt plus the reply (at most the model's max_position_embeddings)")
     parser.add_argument("--web", action="store_true", help="serve a chat page instead of the terminal loop")
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         options = GenerationOptions(args.temperature, args.top_p, args.max_new_tokens, args.repetition_penalty)
         quantization = "4bit" if args.load_in_4bit else "8bit" if args.load_in_8bit else None
         session = ChatSession(model_dir, system=args.system, options=options, adapter_dir=args.adapter, quantization=quantization,
-                              template=args.template or None, context_tokens=args.context_tokens,
+                              template=args.template or None, context_tokens=args.context_tokens, compile=args.compile,
                               hotlines=tuple(args.hotline) if args.hotline else DEFAULT_HOTLINES)
         if args.web:
             from prep.webchat import serve

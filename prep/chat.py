@@ -24,6 +24,10 @@ GENERATE_DEFAULT_TOP_K = 50  # transformers' generate samples from the 50 likeli
 # the cached prefix. Dropping just enough each turn would shift the whole window every turn and re-prefill nearly
 # all of it each time.
 TRIM_TO = 0.75
+# --compile: every prompt chunk of up to 512 tokens is padded to the next of these lengths, so that a few compiled
+# shapes (CUDA graphs on a GPU) serve every message; the decode step is a shape of its own (1). Longer chunks (a
+# long paste, the history re-read after a trim) run eagerly: there the arithmetic, not the launches, is the cost.
+PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
 @dataclass
@@ -165,9 +169,13 @@ class ChatSession:
     template: str | None = "llama3"  # LLaMA-Factory template the model was trained with; None skips the check
     reuse_cache: bool = True
     guard: bool = True  # the crisis guard; evaluation switches it off to score the model alone
+    compile: bool = False  # a static KV cache and torch.compile (CUDA graphs on a GPU), compiled at load
     history: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.compile and (self.quantization or self.adapter_dir):
+            raise PrepError("--compile needs a merged model in bf16/fp32: leave out --load-in-4bit/8bit and --adapter "
+                            "(merge the adapter with llamafactory-cli export).")
         self.model_dir = check_model_dir(self.model_dir)
         self.tokenizer = self._load_tokenizer()
         self.model = self._load_model()
@@ -181,6 +189,8 @@ class ChatSession:
                             f"fewer new tokens than that.")
         if self.template:
             check_template(self.tokenizer, self.template)
+        self._compiled = self._compile() if self.compile else None
+        self._shapes_compiled = False
         self._cache = None
         self._cache_ids: list[int] = []
         self._dropped: list[dict] = []  # the oldest exchanges trimmed away, which stay away (see TRIM_TO)
@@ -226,6 +236,21 @@ class ChatSession:
             model = PeftModel.from_pretrained(model, self.adapter_dir)
         return model.eval()
 
+    def _compile(self):
+        """The model's forward compiled over a static KV cache that lives as long as the session."""
+        import torch
+        from transformers import StaticCache
+
+        config = self.model.config
+        self._static = StaticCache(config=config, max_cache_len=self.context_tokens)
+        # allocated now, outside any compiled graph, so its tensors keep fixed addresses (CUDA graphs need them)
+        self._static.early_initialization(1, config.num_key_value_heads,
+                                          getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+                                          self.model.dtype, self.model.device)
+        self._static_length = 0  # where the static cache writes next (its layers' own counters, mirrored)
+        # "reduce-overhead" replays CUDA graphs on a GPU: one launch per forward instead of one per kernel
+        return torch.compile(self.model.forward, mode="reduce-overhead", fullgraph=True)
+
     def _stop_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
         for token in ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"):
@@ -243,11 +268,11 @@ class ChatSession:
     def _prefill_system(self) -> None:
         """Compute the keys and values of what every first prompt starts with (the system prompt and the user
         header) now, so the first message only prefills itself; on a GPU this is also the process's first
-        forward (CUDA context, kernel selection), off the user's first message."""
+        forward (CUDA context, kernel selection), off the user's first message. With ``compile`` this is
+        where every shape is compiled."""
         import torch
-        from transformers import DynamicCache
 
-        if not self.reuse_cache:
+        if not (self.reuse_cache or self._compiled):
             return
         renders = [self._prompt_ids(probe)[0].tolist() for probe in ("甲", "乙")]
         prefix = []
@@ -257,17 +282,68 @@ class ChatSession:
             prefix.append(one)
         if not prefix:
             return
-        cache = DynamicCache()
+        cache, device = self._new_cache(), self.model.device
         with torch.no_grad():
-            self.model(input_ids=torch.tensor([prefix], device=self.model.device), past_key_values=cache, use_cache=True,
-                       logits_to_keep=1)
+            self._forward(torch.tensor([prefix], device=device), cache, 0)
             # One message-sized and one decode-sized step on top (the first calls at new shapes are the slow
             # ones), then back to the shared prefix.
-            for step in (renders[0][len(prefix):], renders[0][-1:]):
-                self.model(input_ids=torch.tensor([step], device=self.model.device), past_key_values=cache, use_cache=True,
-                           logits_to_keep=1)
-        cache.crop(len(prefix))
-        self._cache, self._cache_ids = cache, prefix
+            message = renders[0][len(prefix):]
+            self._forward(torch.tensor([message], device=device), cache, len(prefix))
+            self._forward(torch.tensor([message[-1:]], device=device), cache, len(prefix) + len(message))
+            if self._compiled is not None and not self._shapes_compiled:
+                self._compile_shapes(prefix, cache)
+                self._shapes_compiled = True
+        if self._compiled is None:
+            cache.crop(len(prefix))
+        if self.reuse_cache:
+            self._cache, self._cache_ids = cache, prefix
+
+    def _compile_shapes(self, prefix: list[int], cache) -> None:
+        """Run each prefill bucket and the decode step twice after ``prefix`` (CUDA graph trees warm a shape up on
+        its first run and record it on the second), so no message waits for a compilation."""
+        import torch
+
+        for size in (1, *PREFILL_BUCKETS):
+            if len(prefix) + size > self.context_tokens:
+                break
+            ids = torch.tensor([[prefix[i % len(prefix)] for i in range(size)]], device=self.model.device)
+            for _ in range(2):
+                self._forward(ids, cache, len(prefix))
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        return self._static if self._compiled is not None else DynamicCache()
+
+    def _forward(self, ids, cache, past: int):
+        """Next-token logits after ``ids``, which follow the ``past`` tokens already in ``cache``; their keys and
+        values are written to ``cache``."""
+        import torch
+
+        if self._compiled is None:
+            return self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        length, device = ids.shape[1], ids.device
+        if past != self._static_length:  # a new turn or a crop: the static cache writes at its own counter
+            for layer in cache.layers:
+                layer.cumulative_length.fill_(past)
+        size = 1 if length == 1 else next((b for b in PREFILL_BUCKETS if b >= length), None)
+        if size is None or past + size > self.context_tokens:
+            self._static_length = past + length
+            return self.model(input_ids=ids, past_key_values=cache, cache_position=torch.arange(past, past + length, device=device),
+                              use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        # Padding after the message writes stale keys past its end; nothing attends to them (causal mask), and
+        # the next tokens overwrite them.
+        padded = ids.new_zeros((1, size))  # (always a fresh contiguous tensor: a strided view would recompile)
+        padded[:, :length] = ids
+        positions = torch.arange(past, past + size, device=device)
+        if size > 1:  # one graph for every bucket, compiled for any length from the first
+            torch._dynamo.mark_dynamic(padded, 1)
+            torch._dynamo.mark_dynamic(positions, 0)
+        self._static_length = past + size
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are no longer needed
+        logits = self._compiled(input_ids=padded, past_key_values=cache, cache_position=positions, use_cache=True,
+                                logits_to_keep=torch.tensor([length - 1], device=device)).logits
+        return logits[:, -1, :].clone()  # a CUDA graph's output is overwritten by its next replay
 
     def _prompt_ids(self, message: str):
         """Token ids of system + the newest history that fits + the new message (see ``_trim``)."""
@@ -304,9 +380,9 @@ class ChatSession:
         return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
     def _reusable_cache(self, ids: list[int]):
-        """The cache of the previous turn cropped to the prefix it shares with ``ids`` (None if nothing to reuse)."""
+        """The cache of the previous turn and how many of its tokens ``ids`` starts with: (None, 0) if none."""
         if not self.reuse_cache or self._cache is None:
-            return None
+            return None, 0
         shared = 0
         for old, new in zip(self._cache_ids, ids):
             if old != new:
@@ -314,9 +390,10 @@ class ChatSession:
             shared += 1
         shared = min(shared, len(ids) - 1)  # at least one new token must be computed
         if shared <= 0:
-            return None
-        self._cache.crop(shared)
-        return self._cache
+            return None, 0
+        if self._compiled is None:
+            self._cache.crop(shared)  # (a static cache needs no cropping: positions past ``shared`` are overwritten)
+        return self._cache, shared
 
     def _logits_processors(self):
         """Repetition penalty, then (sampling only) temperature, top-k and top-p: what ``generate`` applies."""
@@ -337,8 +414,9 @@ class ChatSession:
                 processors.append(TopPLogitsWarper(self.options.top_p))
         return processors
 
-    def _next_tokens(self, input_ids, cache) -> Iterator[int]:
-        """Generate token ids one at a time in this thread, extending ``cache``; the stop token comes last.
+    def _next_tokens(self, input_ids, cache, past: int) -> Iterator[int]:
+        """Generate token ids one at a time in this thread, extending ``cache`` (which holds the first ``past``
+        tokens of ``input_ids``); the stop token comes last.
 
         A plain decode loop rather than ``generate`` with a streamer thread: streaming
         needs no second thread, and the KV cache stays in this session's hands. (The
@@ -348,11 +426,11 @@ class ChatSession:
 
         processors, sample = self._logits_processors(), self.options.temperature > 0
         sequence = input_ids
-        step_ids = input_ids[:, cache.get_seq_length():]
+        step_ids = input_ids[:, past:]
         for _ in range(self.options.max_new_tokens):
             with torch.no_grad():
-                logits = self.model(input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-                scores = processors(sequence, logits[:, -1, :].float())
+                scores = processors(sequence, self._forward(step_ids, cache, past).float())
+                past += step_ids.shape[1]
                 if sample:
                     next_id = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
                 else:
@@ -366,19 +444,17 @@ class ChatSession:
 
     def stream(self, message: str) -> Iterator[str]:
         """Yield the reply as it is generated; the safety referral (if any) comes last."""
-        from transformers import DynamicCache
-
         start = time.perf_counter()
         crisis = detect_crisis(message).crisis
         input_ids = self._prompt_ids(message).to(self.model.device)
         prompt_ids = input_ids[0].tolist()
-        cache = self._reusable_cache(prompt_ids)
-        cache = DynamicCache() if cache is None else cache
-        prefill = len(prompt_ids) - cache.get_seq_length()
+        cache, past = self._reusable_cache(prompt_ids)
+        cache, past = (self._new_cache(), 0) if cache is None else (cache, past)
+        prefill = len(prompt_ids) - past
         self._cache, self._cache_ids = None, []  # until this reply completes, nothing is reusable
         decoder = IncrementalDecoder(self.tokenizer)
         pieces, generated, first, first_token = [], [], None, None
-        for token in self._next_tokens(input_ids, cache):
+        for token in self._next_tokens(input_ids, cache, past):
             first_token = first_token or time.perf_counter()
             generated.append(token)
             piece = decoder.push(token) if token not in self.stop_ids else ""
@@ -391,9 +467,9 @@ class ChatSession:
             pieces.append(rest)
             yield rest
         end = time.perf_counter()
-        if self.reuse_cache:
-            self._cache = cache
-            self._cache_ids = (prompt_ids + generated)[: cache.get_seq_length()]
+        if self.reuse_cache and generated:
+            self._cache = cache  # it holds the prompt and every generated token but the last
+            self._cache_ids = prompt_ids + generated[:-1]
         text = "".join(pieces).strip()
         final, added = ensure_referral(text, self.hotlines) if crisis and self.guard else (text, False)
         if added:

@@ -120,3 +120,36 @@ def test_more_new_tokens_than_the_context_is_one_clear_error(tiny_model):
 
     with pytest.raises(PrepError, match="--max-new-tokens 3000 leaves no room for the prompt: the context is 2048 tokens"):
         ChatSession(tiny_model, options=GenerationOptions(max_new_tokens=3000))
+
+
+def test_compiled_session_answers_like_the_eager_one_and_compiles_only_at_load(tiny_model):
+    """--compile: replies equal the eager session's over messages of many lengths (padded to shared shapes, or eager
+    past the largest), a trim and /reset; every shape was compiled at load, none on a message, and the compiled
+    forward only ever sees the few shapes a GPU records a CUDA graph for."""
+    from torch._dynamo.utils import counters
+
+    from prep.chat import PREFILL_BUCKETS, ChatSession, GenerationOptions
+
+    options = GenerationOptions(temperature=0, max_new_tokens=16, repetition_penalty=1.2)
+    compiled = ChatSession(tiny_model, options=options, context_tokens=400, compile=True)
+    graphs, shapes, forward = counters["stats"]["unique_graphs"], [], compiled._compiled
+    compiled._compiled = lambda **inputs: shapes.append(inputs["input_ids"].shape[1]) or forward(**inputs)
+    eager = ChatSession(tiny_model, options=options, context_tokens=400)
+    messages = [f"第{turn}个问题：" + MESSAGE * (1 + turn % 4) for turn in range(10)] + ["好的。" + MESSAGE * 16]
+    replies = [(compiled.ask(m), eager.ask(m)) for m in messages]
+    assert compiled._dropped  # the window filled and was trimmed
+    compiled.reset(), eager.reset()
+    replies.append((compiled.ask(MESSAGE), eager.ask(MESSAGE)))
+    assert [ours.text for ours, _ in replies] == [theirs.text for _, theirs in replies]
+    assert [ours.prefill_tokens for ours, _ in replies] == [theirs.prefill_tokens for _, theirs in replies]
+    assert max(ours.prefill_tokens for ours, _ in replies) > 256  # one message past the largest compiled shape
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert set(shapes) <= {1, *PREFILL_BUCKETS} and len(set(shapes)) >= 3, sorted(set(shapes))
+
+
+def test_compile_needs_a_merged_unquantised_model(tiny_model):
+    from prep.chat import ChatSession
+    from prep.errors import PrepError
+
+    with pytest.raises(PrepError, match="--compile needs a merged model"):
+        ChatSession(tiny_model, adapter_dir=tiny_model, compile=True)

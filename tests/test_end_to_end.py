@@ -20,20 +20,22 @@ from conftest import QA, ROOT, derived_config, run, tool_env
 
 pytestmark = pytest.mark.slow
 
-def chat(model: Path, lines: list[str]) -> list[dict]:
+def chat(model: Path, lines: list[str], flags: tuple[str, ...] = ()) -> list[dict]:
     """Feed lines to chat.py on stdin (not a TTY) and parse its JSON answers."""
     result = run(
-        [sys.executable, "chat.py", "--model", str(model), "--json", "--temperature", "0", "--repetition-penalty", "1.0", "--max-new-tokens", "64"],
+        [sys.executable, "chat.py", "--model", str(model), "--json", "--temperature", "0", "--repetition-penalty", "1.0",
+         "--max-new-tokens", "64", *flags],
         cwd=ROOT, input="\n".join(lines) + "\n", timeout=300,
     )
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
-def test_merged_model_reproduces_trained_answers_and_stops(merged_model):
+@pytest.mark.parametrize("flags", [(), ("--compile",)], ids=["eager", "compiled"])
+def test_merged_model_reproduces_trained_answers_and_stops(merged_model, flags):
     lines = []
     for question, _, _ in QA:
         lines += [question, "/reset"]
-    answers = chat(merged_model, lines)
+    answers = chat(merged_model, lines, flags)
     assert [a["reply"] for a in answers] == [answer for _, answer, _ in QA]
     assert all(a["safety"] == {"crisis": False, "referral_added": False} for a in answers)
     # Stopped on <|eot_id|>: the token count is the answer's length, not max_new_tokens.
