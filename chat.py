@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = args.model or latest_merged_model()
         options = GenerationOptions(args.temperature, args.top_p, args.max_new_tokens, args.repetition_penalty)
         quantization = "4bit" if args.load_in_4bit else "8bit" if args.load_in_8bit else None
+        if args.compile:
+            import torch
+
+            if not torch.cuda.is_available():
+                print("warning: --compile is meant for CUDA GPUs; on a CPU it makes chat slower (bench/README.md).", file=sys.stderr)
         session = ChatSession(model_dir, system=args.system, options=options, adapter_dir=args.adapter, quantization=quantization,
                               template=args.template or None, context_tokens=args.context_tokens, compile=args.compile,
                               hotlines=tuple(args.hotline) if args.hotline else DEFAULT_HOTLINES)

@@ -5,7 +5,7 @@ decode tokens/s against a bare ``model.generate`` loop on the same prompt.
 Both engines load the same model folder and see the same history (greedy
 decoding; the history replies are the engine's own, which are identical).
 
-    python bench/bench_chat.py [--hidden 512 --layers 8] [--model DIR]
+    python bench/bench_chat.py [--hidden 512 --layers 8] [--model DIR] [--new-tokens N] [--compile]
 
 Without --model it builds a randomly initialised Llama-3-shaped model (weights
 do not change speed); on a CPU-only machine the figures are CPU figures.
@@ -28,21 +28,26 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from prep.chat import ChatSession, GenerationOptions  # noqa: E402
+from prep.errors import PrepError  # noqa: E402
 from prep.prompts import DEFAULT_SYSTEM_PROMPT  # noqa: E402
 
 TURNS = (1, 5, 10, 20)
 MESSAGE = "我最近压力很大，晚上总是睡不着，白天也没精神，工作效率很低，不知道该怎么调整自己的状态。"
 
 
-def ours(model_dir: Path, new_tokens: int) -> tuple[dict[int, tuple[float, float]], list[dict], dict]:
-    session = ChatSession(model_dir, options=GenerationOptions(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0))
+def ours(model_dir: Path, new_tokens: int, compile: bool = False) -> tuple[dict[int, tuple[float, float]], list[dict], dict]:
+    start = time.perf_counter()
+    session = ChatSession(model_dir, options=GenerationOptions(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0),
+                          compile=compile)
+    print(f"chat.py{' --compile' if compile else ''} load: {time.perf_counter() - start:.1f} s", flush=True)
     ttft, rates = {}, {}
     for turn in range(1, max(TURNS) + 1):
         reply = session.ask(f"第{turn}轮：{MESSAGE}")
         if turn in TURNS:
             ttft[turn] = (reply.first_token_s, reply.ttft_s)
         rates[turn] = (reply.tokens_per_s, reply.tokens)
-    print("chat.py decode tokens/s by turn:", {t: round(r, 1) for t, (r, _) in rates.items()}, flush=True)
+    print(f"chat.py{' --compile' if compile else ''} decode tokens/s by turn:", {t: round(r, 1) for t, (r, _) in rates.items()},
+          flush=True)
     return ttft, list(session.history), rates
 
 
@@ -119,6 +124,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--compile", action="store_true", help="also time chat.py --compile (same run, same model)")
     args = parser.parse_args()
     import torch
 
@@ -132,6 +138,12 @@ def main() -> None:
                                          layers=args.layers, heads=8, kv_heads=2, vocab_size=8000,
                                          max_position_embeddings=8192)  # Llama-3's window: chat.py's 4,096 budget applies
         our_ttft, history, our_rate = ours(model_dir, args.new_tokens)
+        compiled = None
+        if args.compile:
+            try:
+                compiled = ours(model_dir, args.new_tokens, compile=True)
+            except PrepError as err:  # (no C compiler for triton, say): the other engines are still timed
+                print(f"chat.py --compile: {err}", flush=True)
         lf_ttft = llamafactory(model_dir, history, args.new_tokens)
         bare_rate = bare_generate(model_dir, history, args.new_tokens)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -149,8 +161,19 @@ def main() -> None:
     ratios = [our_rate[t][0] / bare_rate[t] for t in TURNS if our_rate[t][1] >= 8]  # too short a reply times nothing
     if ratios:
         print(f"decode ratio, median over turns with >= 8 tokens: {statistics.median(ratios):.2f}")
-    print(json.dumps({"device": device, "ttft_ours": our_ttft, "ttft_llamafactory": lf_ttft,
-                      "decode_ours": {t: r for t, (r, _) in our_rate.items() if t in TURNS}, "decode_bare": bare_rate}))
+    results = {"device": device, "ttft_ours": our_ttft, "ttft_llamafactory": lf_ttft,
+               "decode_ours": {t: r for t, (r, _) in our_rate.items() if t in TURNS}, "decode_bare": bare_rate}
+    if compiled:
+        compiled_ttft, compiled_history, compiled_rate = compiled
+        print("| turn | chat.py --compile TTFT, first token (s) | ratio to ChatModel | ratio to chat.py | --compile decode tokens/s | ratio to bare generate |")
+        print("|---|---|---|---|---|---|")
+        for turn in TURNS:
+            token, rate = compiled_ttft[turn][0], compiled_rate[turn][0]
+            print(f"| {turn} | {token:.4f} | {token / lf_ttft[turn][0]:.2f} | {token / our_ttft[turn][0]:.2f} | {rate:.1f} | "
+                  f"{rate / bare_rate[turn]:.2f} |")
+        print(f"--compile replies equal chat.py's: {compiled_history == history}")
+        results |= {"ttft_compiled": compiled_ttft, "decode_compiled": {t: compiled_rate[t][0] for t in TURNS}}
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

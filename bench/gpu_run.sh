@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The GPU session's benchmarks in one go (device machine: no network; wheels carried in .whl/, the bench
 # tokenizer in models/bench_tok/). Usage there: bash bench/gpu_run.sh [STEP ...]  (results also under $OUT).
-# Steps: distill, chat:N (bench_chat.py with N new tokens a reply); default: distill chat:48. chat:160 is about
-# the seed answers' median length (162 characters); one step of each kind fits in one 600 s device call.
+# Steps: distill, chat:N (bench_chat.py with N new tokens a reply), chatc:N (the same plus chat.py --compile,
+# which compiles an 8B model at load: give it a device call of its own); default: distill chat:48. chat:160 is
+# about the seed answers' median length (162 characters); one step of each kind fits in one 600 s device call.
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 DISABLE_VERSION_CHECK=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 STEPS=${*:-distill chat:48}
 for step in $STEPS; do
-    case $step in distill|chat:[1-9]*) ;; *) echo "unknown step '$step': expected distill or chat:N" >&2; exit 2;; esac
+    case $step in distill|chat:[1-9]*|chatc:[1-9]*) ;; *) echo "unknown step '$step': expected distill, chat:N or chatc:N" >&2; exit 2;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
@@ -16,7 +17,7 @@ echo "cpus: $(nproc)"; nvidia-smi --query-gpu=name,memory.total --format=csv,noh
 case " $STEPS " in *" distill "*)
     timeout 200 python3 bench/bench_distill.py --rounds 25 --processes 1,2,4 2>&1 | tee "$OUT/distill.txt";;
 esac
-case " $STEPS " in *" chat:"*) ;; *) exit 0;; esac
+case " $STEPS " in *" chat:"*|*" chatc:"*) ;; *) exit 0;; esac
 python3 - <<'PY' 2>&1 | tail -2
 import torch
 from transformers import AutoTokenizer
@@ -29,5 +30,8 @@ for step in $STEPS; do
     case $step in chat:*)
         timeout 330 python3 bench/bench_chat.py --model /tmp/m8b --new-tokens "${step#chat:}" 2>&1 \
             | grep -v "Loading weights\|Warning" | tee "$OUT/chat_${step#chat:}.txt";;
+        chatc:*)
+            timeout 500 python3 bench/bench_chat.py --model /tmp/m8b --new-tokens "${step#chatc:}" --compile 2>&1 \
+                | grep -v "Loading weights\|Warning" | tee "$OUT/chat_compile_${step#chatc:}.txt";;
     esac
 done

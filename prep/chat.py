@@ -283,16 +283,23 @@ class ChatSession:
         if not prefix:
             return
         cache, device = self._new_cache(), self.model.device
-        with torch.no_grad():
-            self._forward(torch.tensor([prefix], device=device), cache, 0)
-            # One message-sized and one decode-sized step on top (the first calls at new shapes are the slow
-            # ones), then back to the shared prefix.
-            message = renders[0][len(prefix):]
-            self._forward(torch.tensor([message], device=device), cache, len(prefix))
-            self._forward(torch.tensor([message[-1:]], device=device), cache, len(prefix) + len(message))
-            if self._compiled is not None and not self._shapes_compiled:
-                self._compile_shapes(prefix, cache)
-                self._shapes_compiled = True
+        try:
+            with torch.no_grad():
+                self._forward(torch.tensor([prefix], device=device), cache, 0)
+                # One message-sized and one decode-sized step on top (the first calls at new shapes are the slow
+                # ones), then back to the shared prefix.
+                message = renders[0][len(prefix):]
+                self._forward(torch.tensor([message], device=device), cache, len(prefix))
+                self._forward(torch.tensor([message[-1:]], device=device), cache, len(prefix) + len(message))
+                if self._compiled is not None and not self._shapes_compiled:
+                    self._compile_shapes(prefix, cache)
+                    self._shapes_compiled = True
+        except Exception as err:
+            if self._compiled is None:
+                raise
+            # torch.compile's failures (no C compiler, an operation it cannot trace) are many and long
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise PrepError(f"--compile failed while compiling {self.model_dir} ({reason}); run without --compile.") from err
         if self._compiled is None:
             cache.crop(len(prefix))
         if self.reuse_cache:

@@ -153,3 +153,23 @@ def test_compile_needs_a_merged_unquantised_model(tiny_model):
 
     with pytest.raises(PrepError, match="--compile needs a merged model"):
         ChatSession(tiny_model, adapter_dir=tiny_model, compile=True)
+
+
+def test_a_failed_compilation_is_one_clear_error(tiny_model, monkeypatch):
+    """torch.compile fails at the first call of the compiled forward (here: a machine without a C compiler, whose
+    error is simulated); chat.py says so in one sentence and names the way out."""
+    import torch
+
+    from prep.chat import ChatSession
+    from prep.errors import PrepError
+
+    def compile_without_a_compiler(forward, **settings):
+        def compiled(**inputs):
+            raise RuntimeError("InductorError: no working C compiler found\n(a long traceback of the compiler)")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_without_a_compiler)
+    with pytest.raises(PrepError) as failure:
+        ChatSession(tiny_model, compile=True)
+    assert str(failure.value) == (f"--compile failed while compiling {tiny_model} (InductorError: no working C compiler "
+                                  "found); run without --compile.")
