@@ -173,3 +173,27 @@ def test_a_failed_compilation_is_one_clear_error(tiny_model, monkeypatch):
         ChatSession(tiny_model, compile=True)
     assert str(failure.value) == (f"--compile failed while compiling {tiny_model} (InductorError: no working C compiler "
                                   "found); run without --compile.")
+
+
+def test_grouped_attention_gives_transformers_sdpa_logits_over_a_static_cache(tiny_model):
+    """--compile's attention (query heads stacked per key/value head, no copy of the keys and values) computes what
+    transformers' SDPA does: a prompt, then a chunk and a decode step on top of it, over a masked static cache."""
+    import torch
+    from transformers import AutoModelForCausalLM, StaticCache
+
+    from prep.chat import use_grouped_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped-query attention
+    ids = torch.randint(0, model.config.vocab_size, (1, 28), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for implementation in ("sdpa", "grouped_sdpa"):
+        if implementation == "sdpa":
+            model.set_attn_implementation("sdpa")
+        else:
+            use_grouped_attention(model)
+        cache = StaticCache(config=model.config, max_cache_len=64)
+        with torch.no_grad():
+            logits[implementation] = torch.cat([model(input_ids=chunk, past_key_values=cache, use_cache=True).logits
+                                                for chunk in (ids[:, :20], ids[:, 20:27], ids[:, 27:])], dim=1)
+    assert torch.allclose(logits["sdpa"], logits["grouped_sdpa"], atol=1e-5)
