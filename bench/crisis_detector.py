@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from prep import crisis_model, safety  # noqa: E402
 from prep.safety import _cleaned, crisis_score, detect_crisis  # noqa: E402
 
-TEST_SETS = tuple(f"crisis_holdout{n}" for n in range(2, 9))
+TEST_SETS = tuple(f"crisis_holdout{n}" for n in range(2, 10))
 
 
 def labelled_sets() -> list[tuple[str, pd.DataFrame]]:

@@ -1,11 +1,11 @@
 """The crisis detector on labelled messages it was never trained or tuned on.
 
-data/tests/crisis_holdout2.csv to crisis_holdout8.csv were each written by an
+data/tests/crisis_holdout2.csv to crisis_holdout9.csv were each written by an
 author who saw neither the detector nor the other sets; the classifier trains
 on data/safety/*.csv and the seed, and its settings were chosen by
 cross-validation on those (bench/crisis_detector.py --cv). The chat issue's
 targets are recall >= 0.95 and false-positive rate <= 0.05: met over all the
-blind sets together (970 + 970 messages); per set, a 150-message half carries a
+blind sets together (1,120 + 1,120 messages); per set, a 150-message half carries a
 binomial spread of about +-0.02, and the per-set floors below are what the
 detector reaches on each set today (bench/README.md), so a change that makes it
 worse fails here.
@@ -18,9 +18,9 @@ from conftest import ROOT
 from prep.crisis_model import THRESHOLD
 from prep.safety import crisis_score, detect_crisis
 
-BLIND_SETS = [f"crisis_holdout{n}.csv" for n in range(2, 9)]
-RECALL_FLOOR = 0.94  # target 0.95 per set: 1.000, 0.958, 0.980, 0.967, 0.947, 0.967, 0.980
-FALSE_POSITIVE_CEILING = 0.08  # target 0.05 per set: 0.020, 0.058, 0.033, 0.007, 0.020, 0.053, 0.073
+BLIND_SETS = [f"crisis_holdout{n}.csv" for n in range(2, 10)]
+RECALL_FLOOR = 0.94  # target 0.95 per set: 1.000, 0.975, 0.973, 0.953, 0.947, 0.980, 0.973, 0.947
+FALSE_POSITIVE_CEILING = 0.08  # target 0.05 per set: 0.010, 0.058, 0.040, 0.007, 0.033, 0.033, 0.073, 0.067
 
 
 def rates(frame, use_model=True):
