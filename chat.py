@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             if not torch.cuda.is_available():
-                print("warning: --compile is meant for CUDA GPUs; on a CPU it adds a compilation at start-up and about doubles "
-                      "the time to the first token (bench/README.md).", file=sys.stderr)
+                print("warning: --compile is meant for CUDA GPUs; on a CPU it adds a compilation at start-up and, after the "
+                      "first turns, about doubles the time to the first token (bench/README.md).", file=sys.stderr)
         session = ChatSession(model_dir, system=args.system, options=options, adapter_dir=args.adapter, quantization=quantization,
                               template=args.template or None, context_tokens=args.context_tokens, compile=args.compile,
                               hotlines=tuple(args.hotline) if args.hotline else DEFAULT_HOTLINES)

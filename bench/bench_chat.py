@@ -142,7 +142,7 @@ def main() -> None:
         if args.compile:
             try:
                 compiled = ours(model_dir, args.new_tokens, compile=True)
-            except PrepError as err:  # (no C compiler for triton, say): the other engines are still timed
+            except PrepError as err:  # (no C compiler for triton, say): the other engines are still timed, exit 1
                 print(f"chat.py --compile: {err}", flush=True)
         lf_ttft = llamafactory(model_dir, history, args.new_tokens)
         bare_rate = bare_generate(model_dir, history, args.new_tokens)
@@ -174,6 +174,8 @@ def main() -> None:
         print(f"--compile replies equal chat.py's: {compiled_history == history}")
         results |= {"ttft_compiled": compiled_ttft, "decode_compiled": {t: compiled_rate[t][0] for t in TURNS}}
     print(json.dumps(results))
+    if args.compile and not compiled:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

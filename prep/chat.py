@@ -216,6 +216,7 @@ class ChatSession:
                             f"fewer new tokens than that.")
         if self.template:
             check_template(self.tokenizer, self.template)
+        self._static = None  # with compile: the session's static KV cache, context_tokens long
         self._compiled = self._compile() if self.compile else None
         self._shapes_compiled = False
         self._cache = None
@@ -331,7 +332,7 @@ class ChatSession:
             # torch.compile's failures (no C compiler, an operation it cannot trace) are many and long
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise PrepError(f"--compile failed while compiling {self.model_dir} ({reason}); run without --compile.") from err
-        if self._compiled is None:
+        if cache is not self._static:
             cache.crop(len(prefix))
         if self.reuse_cache and prefix:
             self._cache, self._cache_ids = cache, prefix
@@ -348,17 +349,22 @@ class ChatSession:
             for _ in range(2):
                 self._forward(ids, cache, len(prefix))
 
-    def _new_cache(self):
+    def _new_cache(self, tokens: int = 0):
+        """The static cache when compiled and a turn of ``tokens`` prompt tokens plus its reply fits in it; a
+        dynamic one otherwise (a message longer than the budget on its own is answered uncompiled, not cut)."""
         from transformers import DynamicCache
 
-        return self._static if self._compiled is not None else DynamicCache()
+        return self._static if self._fits_static(tokens) else DynamicCache()
+
+    def _fits_static(self, tokens: int) -> bool:
+        return self._static is not None and tokens + self.options.max_new_tokens <= self.context_tokens
 
     def _forward(self, ids, cache, past: int):
         """Next-token logits after ``ids``, which follow the ``past`` tokens already in ``cache``; their keys and
         values are written to ``cache``."""
         import torch
 
-        if self._compiled is None:
+        if cache is not self._static:
             return self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
         # A static cache writes where its layers' counters say, and the positions and the causal mask are
         # derived from them too (transformers 5.6 reads no cache_position): set them when a turn starts elsewhere.
@@ -418,8 +424,8 @@ class ChatSession:
 
     def _reusable_cache(self, ids: list[int]):
         """The cache of the previous turn and how many of its tokens ``ids`` starts with: (None, 0) if none."""
-        if not self.reuse_cache or self._cache is None:
-            return None, 0
+        if not self.reuse_cache or self._cache is None or (self._static is not None and self._cache is not self._static):
+            return None, 0  # (with compile, a turn that had to run on a dynamic cache is not continued on one)
         shared = 0
         for old, new in zip(self._cache_ids, ids):
             if old != new:
@@ -428,7 +434,7 @@ class ChatSession:
         shared = min(shared, len(ids) - 1)  # at least one new token must be computed
         if shared <= 0:
             return None, 0
-        if self._compiled is None:
+        if self._cache is not self._static:
             self._cache.crop(shared)  # (a static cache needs no cropping: positions past ``shared`` are overwritten)
         return self._cache, shared
 
@@ -486,7 +492,8 @@ class ChatSession:
         input_ids = self._prompt_ids(message).to(self.model.device)
         prompt_ids = input_ids[0].tolist()
         cache, past = self._reusable_cache(prompt_ids)
-        cache, past = (self._new_cache(), 0) if cache is None else (cache, past)
+        if cache is None or (cache is self._static and not self._fits_static(len(prompt_ids))):
+            cache, past = self._new_cache(len(prompt_ids)), 0
         prefill = len(prompt_ids) - past
         self._cache, self._cache_ids = None, []  # until this reply completes, nothing is reusable
         decoder = IncrementalDecoder(self.tokenizer)

@@ -197,3 +197,21 @@ def test_grouped_attention_gives_transformers_sdpa_logits_over_a_static_cache(ti
             logits[implementation] = torch.cat([model(input_ids=chunk, past_key_values=cache, use_cache=True).logits
                                                 for chunk in (ids[:, :20], ids[:, 20:27], ids[:, 27:])], dim=1)
     assert torch.allclose(logits["sdpa"], logits["grouped_sdpa"], atol=1e-5)
+
+
+def test_compiled_session_answers_a_message_longer_than_its_budget(tiny_model):
+    """A message too long for the budget on its own is answered as the eager session answers it (on a dynamic cache:
+    the static one has no room for it and its reply), and the next message is back on the compiled path."""
+    from prep.chat import ChatSession, GenerationOptions
+
+    options = GenerationOptions(temperature=0, max_new_tokens=40, repetition_penalty=1.0)
+    compiled = ChatSession(tiny_model, options=options, context_tokens=200, compile=True)
+    eager = ChatSession(tiny_model, options=options, context_tokens=200)
+    calls, forward = [], compiled._compiled
+    compiled._compiled = lambda **inputs: calls.append(1) or forward(**inputs)
+    long_message, short_message = MESSAGE * 12, MESSAGE
+    assert compiled._prompt_ids(long_message).shape[1] + 40 > 200  # it does not fit
+    assert compiled.ask(long_message).text == eager.ask(long_message).text
+    assert not calls
+    assert compiled.ask(short_message).text == eager.ask(short_message).text
+    assert calls

@@ -5,7 +5,7 @@ author who saw neither the detector nor the other sets; the classifier trains
 on data/safety/*.csv and the seed, and its settings were chosen by
 cross-validation on those (bench/crisis_detector.py --cv). The chat issue's
 targets are recall >= 0.95 and false-positive rate <= 0.05: met over all the
-blind sets together (1,120 + 1,120 messages); per set, a 150-message half carries a
+blind sets together (1,120 + 1,120 messages); per set, a 100- to 150-message half carries a
 binomial spread of about +-0.02, and the per-set floors below are what the
 detector reaches on each set today (bench/README.md), so a change that makes it
 worse fails here.
