@@ -36,18 +36,17 @@ MESSAGE = "我最近压力很大，晚上总是睡不着，白天也没精神，
 
 
 def ours(model_dir: Path, new_tokens: int, compile: bool = False) -> tuple[dict[int, tuple[float, float]], list[dict], dict]:
-    start = time.perf_counter()
+    label, start = "chat.py --compile" if compile else "chat.py", time.perf_counter()
     session = ChatSession(model_dir, options=GenerationOptions(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0),
                           compile=compile)
-    print(f"chat.py{' --compile' if compile else ''} load: {time.perf_counter() - start:.1f} s", flush=True)
+    print(f"{label} load: {time.perf_counter() - start:.1f} s", flush=True)
     ttft, rates = {}, {}
     for turn in range(1, max(TURNS) + 1):
         reply = session.ask(f"第{turn}轮：{MESSAGE}")
         if turn in TURNS:
             ttft[turn] = (reply.first_token_s, reply.ttft_s)
         rates[turn] = (reply.tokens_per_s, reply.tokens)
-    print(f"chat.py{' --compile' if compile else ''} decode tokens/s by turn:", {t: round(r, 1) for t, (r, _) in rates.items()},
-          flush=True)
+    print(f"{label} decode tokens/s by turn:", {t: round(r, 1) for t, (r, _) in rates.items()}, flush=True)
     return ttft, list(session.history), rates
 
 

@@ -362,22 +362,25 @@ class ChatSession:
     def _forward(self, ids, cache, past: int):
         """Next-token logits after ``ids``, which follow the ``past`` tokens already in ``cache``; their keys and
         values are written to ``cache``."""
+        if cache is self._static:
+            # A static cache writes where its layers' counters say, and the positions and the causal mask are
+            # derived from them too (transformers 5.6 reads no cache_position): set them when a turn starts elsewhere.
+            length = ids.shape[1]
+            if past != self._static_length:
+                for layer in cache.layers:
+                    layer.cumulative_length.fill_(past)
+            size = 1 if length == 1 else next((b for b in PREFILL_BUCKETS if b >= length), None)
+            if size is not None and past + size <= self.context_tokens:
+                return self._compiled_forward(ids, cache, past, size)
+            self._static_length = past + length  # too long for a bucket: eagerly, below
+        return self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+
+    def _compiled_forward(self, ids, cache, past: int, size: int):
+        """``_forward`` through the compiled model, ``ids`` right-padded to ``size`` tokens. Padding writes stale
+        keys past the message's end; nothing attends to them (causal mask), and the next tokens overwrite them."""
         import torch
 
-        if cache is not self._static:
-            return self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        # A static cache writes where its layers' counters say, and the positions and the causal mask are
-        # derived from them too (transformers 5.6 reads no cache_position): set them when a turn starts elsewhere.
         length = ids.shape[1]
-        if past != self._static_length:
-            for layer in cache.layers:
-                layer.cumulative_length.fill_(past)
-        size = 1 if length == 1 else next((b for b in PREFILL_BUCKETS if b >= length), None)
-        if size is None or past + size > self.context_tokens:
-            self._static_length = past + length
-            return self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        # Padding after the message writes stale keys past its end; nothing attends to them (causal mask), and
-        # the next tokens overwrite them.
         padded = ids.new_zeros((1, size))  # (always a fresh contiguous tensor: a strided view would recompile)
         padded[:, :length] = ids
         if size > 1:  # one graph for every bucket, compiled for any length from the first
