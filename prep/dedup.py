@@ -5,11 +5,14 @@ Among duplicates the preferred record wins: hand-labelled over feedback over
 distilled, then the earliest. ``near_groups`` clusters records at a lower
 threshold so that the split can keep paraphrases on the same side.
 
-LSH banding follows datasketch's ``MinHashLSH`` exactly (its bands and rows for
-the threshold; two records are candidates when all values of one band are equal),
-but the band keys are computed for all records at once with numpy and clusters
-come from a sparse graph's connected components: the same candidates, without
-datasketch's per-record Python storage (100k records: ~35 s -> a few seconds).
+LSH banding follows datasketch's ``MinHashLSH`` (its bands and rows for the
+threshold; two records are candidates when all values of one band are equal),
+but the band keys are computed for all records at once with numpy (100k records:
+~35 s -> a few seconds). A shared bucket only proposes a pair: ``dedup`` merges
+a pair when its exact n-gram Jaccard reaches the threshold, ``near_groups`` when
+its MinHash agreement does. Unchecked buckets merged distinct questions that
+share a sentence frame (on synthetic data, 82% of the near-duplicate merges had
+Jaccard < 0.7; bench/README.md).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +32,8 @@ from tqdm import tqdm
 from prep.parallel import MIN_PARALLEL, map_chunks
 from prep.records import Conversation, Rejected
 
+VERIFY_MARGIN = 0.15  # MinHash agreement this far below the threshold (2.6 standard deviations at 0.7 and 64
+# permutations) rules a candidate pair out without an exact comparison
 ORIGIN_RANK = {"labelled": 0, "feedback": 1, "distilled": 2}
 _STRIP = re.compile(r"[\s\W_]+", re.UNICODE)
 
@@ -38,6 +44,10 @@ class DedupConfig:
 
     ngram: int = 2  # calibrated: bench/calibrate_dedup.py, figures in bench/README.md
     threshold: float = 0.7
+    # LSH banding that proposes pairs, each then checked at ``threshold``. bench/calibrate_dedup.py, paraphrase
+    # recall: banding at 0.7 0.859, 0.6 0.910, 0.55 0.926, exact Jaccard over all pairs 0.928; 0.55 took 1.3x the
+    # time of 0.6 on 200k synthetic conversations (bench/README.md)
+    candidate_threshold: float = 0.6
     split_threshold: float = 0.5
     num_perm: int = 64
     near: bool = True
@@ -57,7 +67,11 @@ def canonical_text(text: str) -> str:
 
 def shingles(text: str, n: int) -> set[str]:
     """Character n-grams of the canonical text (the whole text when shorter than n)."""
-    text = canonical_text(text)
+    return canonical_shingles(canonical_text(text), n)
+
+
+def canonical_shingles(text: str, n: int) -> set[str]:
+    """Character n-grams of an already canonical text."""
     if len(text) <= n:
         return {text}
     return {text[i : i + n] for i in range(len(text) - n + 1)}
@@ -107,32 +121,102 @@ def band_ids(matrix: np.ndarray, threshold: float, num_perm: int) -> np.ndarray:
 
 
 def dedup(records: list[Conversation], config: DedupConfig = DedupConfig()) -> DedupResult:
-    """Drop exact and near duplicates; each duplicate names the kept record it duplicates."""
+    """Drop exact and near duplicates; each duplicate names the kept record it duplicates.
+
+    A near duplicate's user turns have an exact character n-gram Jaccard similarity of at least
+    ``config.threshold`` with a record already kept (the measure ``bench/calibrate_dedup.py`` calibrated); it
+    names the most similar one. LSH buckets, banded for the lower ``config.candidate_threshold``, only propose
+    the pairs to compare: a shared bucket alone merged distinct questions (8 of 7,467 distinct seed pairs, e.g.
+    失眠 vs 考试失利 in the same sentence frame) and missed paraphrases just above the threshold.
+    """
     order = sorted(range(len(records)), key=lambda i: (ORIGIN_RANK.get(records[i].provenance.origin, 9), i))
     hashes = signatures(records, config) if config.near and records else None
-    buckets = band_ids(hashes, config.threshold, config.num_perm).tolist() if hashes is not None else None
-    kept_in_bucket: dict[int, int] = {}  # (band, bucket) id -> smallest kept record index in it
+    if hashes is not None:  # near duplicates are found among distinct user texts, so 10,000 copies of 你好 are one text
+        texts, firsts, text_of = np.unique([canonical_text(rec.user_text()) for rec in records], return_index=True, return_inverse=True)
+        similar = similar_pairs(texts.tolist(), hashes[firsts], config)
+        kept_with_text = np.full(len(firsts), -1)  # per distinct user text, the record kept with it (at most one)
     seen: dict[str, int] = {}
     kept_ids, duplicates = [], []
     for index in tqdm(order, desc="dedup", unit="rec", disable=None, leave=False):
         rec = records[index]
         key = _exact_key(rec)
-        twin, kind = seen.get(key), "exact_duplicate"
-        if twin is None and buckets is not None:
-            candidates = [kept_in_bucket[b] for b in buckets[index] if b in kept_in_bucket]
-            twin, kind = (min(candidates) if candidates else None), "near_duplicate"
+        twin, detail = seen.get(key), ""
+        if twin is None and hashes is not None:
+            text = text_of[index]
+            near = [(1.0, -kept_with_text[text])] if kept_with_text[text] >= 0 else []
+            near += [(similarity, -kept_with_text[other]) for other, similarity in similar.get(text, ()) if kept_with_text[other] >= 0]
+            if near:
+                similarity, twin = max(near)
+                twin, detail = int(-twin), f" (Jaccard {similarity:.2f})"
         if twin is not None:
             original = records[twin].provenance
-            duplicates.append(Rejected(kind, rec.provenance, detail=f"duplicate of {original.source} {original.location}", raw=rec.first_question[:500]))
+            duplicates.append(Rejected("near_duplicate" if detail else "exact_duplicate", rec.provenance,
+                                       detail=f"duplicate of {original.source} {original.location}{detail}",
+                                       raw=rec.first_question[:500]))
             continue
         seen[key] = index
-        if buckets is not None:
-            for b in buckets[index]:
-                if kept_in_bucket.get(b, index) >= index:
-                    kept_in_bucket[b] = index
+        if hashes is not None:
+            kept_with_text[text_of[index]] = index
         kept_ids.append(index)
     kept_ids.sort()
     return DedupResult([records[i] for i in kept_ids], duplicates, hashes[kept_ids] if hashes is not None else None)
+
+
+def similar_pairs(texts: list[str], hashes: np.ndarray, config: DedupConfig) -> dict[int, list[tuple[int, float]]]:
+    """Per canonical text (``canonical_text``; ``hashes`` has its MinHash row), the other texts whose character
+    n-gram Jaccard similarity with it is >= ``config.threshold``, with the similarity.
+
+    Only pairs that share an LSH bucket (banded for ``config.candidate_threshold``) and whose MinHash agreement
+    is within ``VERIFY_MARGIN`` of the threshold are compared exactly.
+    """
+    ids = band_ids(hashes, config.candidate_threshold, config.num_perm)
+    pairs = _distinct_pairs([pairs[_agreement(hashes, pairs) >= config.threshold - VERIFY_MARGIN] for pairs in bucket_pairs(ids)],
+                            len(ids))
+    grams = functools.lru_cache(maxsize=1 << 15)(lambda index: canonical_shingles(texts[index], config.ngram))  # pairs come sorted
+    similar: dict[int, list[tuple[int, float]]] = {}
+    for left, right in pairs.tolist():
+        mine, theirs = grams(left), grams(right)
+        similarity = len(mine & theirs) / len(mine | theirs)
+        if similarity >= config.threshold:
+            similar.setdefault(left, []).append((right, similarity))
+            similar.setdefault(right, []).append((left, similarity))
+    return similar
+
+
+def bucket_pairs(ids: np.ndarray) -> Iterator[np.ndarray]:
+    """The pairs of records (rows i < j) that share a bucket id of ``band_ids``, in batches; a pair that shares
+    several buckets may come more than once. Batches, not one array: templated data has millions of pairs."""
+    flat = ids.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    members = np.repeat(np.arange(len(ids)), ids.shape[1])[order]
+    bucket = flat[order]
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    ends = np.repeat(np.r_[starts[1:], len(flat)], np.diff(np.r_[starts, len(flat)]))  # each position's bucket end
+    position, offset = np.arange(len(flat)), 1
+    while True:  # pair each position with the one `offset` further on in its bucket
+        position = position[position + offset < ends[position]]
+        if not len(position):
+            return
+        for batch in np.array_split(position, max(1, len(position) // 1_000_000)):
+            pair = np.stack([members[batch], members[batch + offset]], axis=1)
+            yield np.sort(pair, axis=1)
+        offset += 1
+
+
+def _distinct_pairs(batches: list[np.ndarray], count: int) -> np.ndarray:
+    """The distinct rows of the (i, j) pair batches, sorted (as one int64 key a pair: np.unique(axis=0) and
+    np.unique's hash table are several times slower on millions of pairs)."""
+    keys = np.sort(np.concatenate([pairs[:, 0] * count + pairs[:, 1] for pairs in batches] or [np.empty(0, np.int64)]))
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
+    return np.stack([keys // count, keys % count], axis=1)
+
+
+def _agreement(matrix: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """The share of MinHash values each pair of rows agrees on (the estimated Jaccard similarity), in chunks."""
+    if not len(pairs):
+        return np.empty(0)
+    return np.concatenate([(matrix[chunk[:, 0]] == matrix[chunk[:, 1]]).mean(axis=1)
+                           for chunk in np.array_split(pairs, max(1, len(pairs) // 50_000))])
 
 
 def near_groups(matrix: np.ndarray, threshold: float, num_perm: int) -> list[int]:
@@ -155,8 +239,7 @@ def near_groups(matrix: np.ndarray, threshold: float, num_perm: int) -> list[int
     starts = np.r_[True, ids[order][1:] != ids[order][:-1]]
     heads = members[np.maximum.accumulate(np.where(starts, np.arange(ids.size), 0))]
     pairs = np.unique(np.stack([heads, members], axis=1)[heads != members], axis=0)
-    similar = np.concatenate([(matrix[chunk[:, 0]] == matrix[chunk[:, 1]]).mean(axis=1) >= threshold
-                              for chunk in np.array_split(pairs, max(1, len(pairs) // 50_000))])
+    similar = _agreement(matrix, pairs) >= threshold
     left, right = pairs[similar, 0], pairs[similar, 1]
     graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(count, count))
     _, labels = connected_components(graph, directed=False)

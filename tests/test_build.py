@@ -1,6 +1,9 @@
 """prep build end to end on real files: accounting, outputs, registry, split, errors."""
 
+import functools
+import itertools
 import json
+import random
 import subprocess
 import sys
 
@@ -8,7 +11,7 @@ import pytest
 
 from conftest import ROOT, tool_env, write_csv
 from prep.build import BuildOptions, build
-from prep.dedup import DedupConfig, dedup
+from prep.dedup import DedupConfig, dedup, shingles
 from prep.errors import PrepError
 from prep.records import Conversation, Provenance, Turn
 
@@ -120,6 +123,46 @@ def test_hand_labelled_row_wins_over_distilled_duplicate():
     kept, duplicates = result.kept, result.duplicates
     assert [r.final_answer for r in kept] == ["人工的回答"]
     assert duplicates[0].provenance.origin == "distilled" and duplicates[0].reason == "near_duplicate"
+
+
+def test_near_dedup_merges_paraphrases_but_keeps_distinct_questions_in_one_sentence_frame():
+    """Questions from one frame (a teacher's topic grid, an intake form) share most of their characters. Sharing
+    an LSH bucket must not merge them (it did: 82% of the near-duplicate merges on synthetic questions had
+    Jaccard < 0.7); only character-bigram Jaccard >= 0.7 may, and paraphrases above it must still be caught."""
+    people = ["高三学生", "程序员", "两个孩子的妈妈", "护士", "退休教师", "研究生", "外卖骑手", "公司中层"]
+    worries = ["工作压力特别大", "和父母总是吵架", "刚刚分手", "成绩一落千丈", "每天晚上都睡不着", "同事排挤我", "孩子沉迷手机", "对未来很迷茫"]
+    feelings = ["心里很难受", "焦虑得喘不过气", "提不起劲", "特别委屈", "控制不住想哭"]
+    grams = functools.lru_cache(maxsize=None)(lambda text: frozenset(shingles(text, 2)))
+    jaccard = lambda a, b: len(grams(a) & grams(b)) / len(grams(a) | grams(b))
+    combos = list(itertools.product(people, itertools.permutations(worries, 2), feelings))
+    random.Random(0).shuffle(combos)
+    distinct: list[str] = []
+    for person, (first, second), feeling in combos[:1000]:
+        question = f"我是{person}，最近{first}，又赶上{second}，{feeling}，我该怎么办？"
+        if all(jaccard(question, other) < 0.7 for other in distinct):
+            distinct.append(question)
+    paraphrases = [question.replace("，", "，真的", 1) for question in distinct[:60]]
+    assert len(distinct) >= 300 and all(jaccard(p, q) >= 0.7 for p, q in zip(paraphrases, distinct))
+
+    records = [Conversation([Turn("user", question), Turn("assistant", "先照顾好自己。")], Provenance("grid.jsonl", f"line {i + 1}"))
+               for i, question in enumerate(distinct + paraphrases)]
+    result = dedup(records)
+    assert [r.first_question for r in result.kept] == distinct
+    assert [d.reason for d in result.duplicates] == ["near_duplicate"] * len(paraphrases)
+    for number, duplicate in enumerate(result.duplicates):
+        assert duplicate.detail.startswith(f"duplicate of grid.jsonl line {number + 1} (Jaccard 0.")
+
+
+def test_thousands_of_copies_of_one_greeting_are_one_text_to_near_dedup():
+    """Real chat logs repeat 你好 thousands of times with different replies: one kept, the rest near duplicates of
+    it (Jaccard 1.00), without comparing every pair of copies (20,000 copies are 200 million pairs)."""
+    records = [Conversation([Turn("user", "你好！" if i % 2 else "你好"), Turn("assistant", f"你好，我在。{i}")], Provenance("log.jsonl", f"line {i + 1}"))
+               for i in range(20_000)]
+    records.append(Conversation([Turn("user", "我最近总是失眠"), Turn("assistant", "先规律作息。")], Provenance("log.jsonl", "line 20001")))
+    result = dedup(records)
+    assert [r.provenance.location for r in result.kept] == ["line 1", "line 20001"]
+    assert len(result.duplicates) == 19_999
+    assert {d.detail for d in result.duplicates} == {"duplicate of log.jsonl line 1 (Jaccard 1.00)"}
 
 
 def test_cli_bad_input_is_one_sentence_and_nonzero_exit(tmp_path):
