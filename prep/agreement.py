@@ -23,8 +23,9 @@ from itertools import combinations
 from prep.dedup import canonical_text
 from prep.records import Conversation, Rejected
 
-KEEP_WORDS = {"keep", "1", "yes", "y", "true", "保留", "是", "通过", "接受"}
-REJECT_WORDS = {"reject", "0", "no", "n", "false", "删除", "否", "拒绝", "不通过", "丢弃"}
+KEEP_WORDS = {"keep", "1", "yes", "y", "true", "ok", "保留", "是", "通过", "接受", "采用", "留", "√", "✓", "✔"}
+REJECT_WORDS = {"reject", "0", "no", "n", "false", "删除", "删", "否", "拒绝", "不通过", "丢弃", "不保留", "不采用", "弃用",
+                "×", "✗", "✘", "x"}
 
 
 def verdict_of(value: str | None) -> str | None:
@@ -101,20 +102,36 @@ def _kappa(groups: list[list[Conversation]], kind: str) -> dict:
             "pairwise_cohen": pairwise}
 
 
+def _own_verdicts(records: list[Conversation], cross_labelled: set[int]) -> dict[int, tuple[str, str]]:
+    """Rows to drop on their own verdict cell: unknown words anywhere, "reject" where no other annotator voted."""
+    drop: dict[int, tuple[str, str]] = {}
+    for index, rec in enumerate(records):
+        cell = rec.meta.get("verdict")
+        if cell and str(cell).strip() and verdict_of(cell) is None:
+            drop[index] = ("unknown_verdict", f"verdict '{cell}' is neither a keep word ({', '.join(sorted(KEEP_WORDS))}) "
+                                              f"nor a reject word ({', '.join(sorted(REJECT_WORDS))})")
+        elif index not in cross_labelled and verdict_of(cell) == "reject":
+            drop[index] = ("annotator_rejected", f"rejected by {rec.provenance.annotator or 'its annotator'}")
+    return drop
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
 def resolve(records: list[Conversation]) -> AgreementResult:
-    """Compute agreement on multiply-labelled questions and apply the resolution rule."""
+    """Compute agreement on multiply-labelled questions and apply the resolution rule.
+
+    A row's own verdict counts even where nobody else labelled its question: a lone "reject" is rejected
+    (``annotator_rejected``), and a verdict cell that is neither a keep nor a reject word is rejected
+    (``unknown_verdict``) rather than read as no verdict, which would train on it.
+    """
     groups: dict[str, list[int]] = defaultdict(list)
     for index, rec in enumerate(records):
         if rec.provenance.annotator:
             groups[canonical_text(rec.first_question)].append(index)
     multi = {key: idx for key, idx in groups.items() if len({records[i].provenance.annotator for i in idx}) >= 2}
-    if not multi:
-        return AgreementResult(list(records), stats={"items": 0})
-    drop: dict[int, tuple[str, str]] = {}
+    drop = _own_verdicts(records, {i for idx in multi.values() for i in idx})
     conflicts = []
     for key, indices in multi.items():
         group = [records[i] for i in indices]
@@ -146,6 +163,9 @@ def resolve(records: list[Conversation]) -> AgreementResult:
     result = AgreementResult([rec for i, rec in enumerate(records) if i not in drop], conflicts=conflicts)
     for i, (reason, detail) in sorted(drop.items()):
         result.rejected.append(Rejected(reason, records[i].provenance, detail=detail, raw=records[i].first_question[:500]))
+    if not multi:
+        result.stats = {"items": 0}
+        return result
     multi_groups = [[records[i] for i in idx] for idx in multi.values()]
     result.stats = {
         "items": len(multi),

@@ -58,3 +58,22 @@ def test_build_writes_conflicts_and_kappa(tmp_path):
     assert report["rejected_by_reason"] == {"annotator_conflict": 2}
     conflicts = [json.loads(x) for x in (tmp_path / "data" / "a_conflicts.jsonl").read_text(encoding="utf-8").splitlines()]
     assert conflicts[0]["question"] == "和同事吵架了" and conflicts[0]["resolution"].startswith("tie")
+
+
+def test_a_lone_reject_verdict_is_not_trained_on(tmp_path):
+    """A row its only annotator marked 否 / 不保留 (or one with a verdict and no annotator) never reaches the
+    training file; a verdict that is neither a keep nor a reject word is rejected too, not read as 'no verdict'."""
+    rows = [
+        ("我总是拖延怎么办", "你就是懒，别找借口。", "张三", "否"),
+        ("我最近很焦虑", "焦虑很常见，我们可以一起看看原因。", "张三", "是"),
+        ("我和室友处不好", "相处需要时间，试着沟通。", "", "不保留"),
+        ("我失眠很久了", "先规律作息，睡前放下手机。", "李四", "待定"),
+        ("考试前总是紧张", "紧张说明你在乎，试试深呼吸。", "李四", "✓"),
+    ]
+    report = build([write_csv(tmp_path / "labels.csv", rows, header="问题,回答,标注人,是否保留")],
+                   BuildOptions(name="r", dataset_dir=tmp_path, test_size=0.0))
+    trained = [item["output"] for item in json.loads((tmp_path / "data" / "r_alpaca.json").read_text(encoding="utf-8"))]
+    assert trained == ["焦虑很常见，我们可以一起看看原因。", "紧张说明你在乎，试试深呼吸。"]
+    assert report["rejected_by_reason"] == {"annotator_rejected": 2, "unknown_verdict": 1}
+    rejected = [json.loads(line) for line in (tmp_path / "data" / "r_rejected.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert any(r["reason"] == "unknown_verdict" and "待定" in r["detail"] for r in rejected)
