@@ -41,9 +41,11 @@ _KEEP_FULLWIDTH = {chr(c) for c in range(0xFF01, 0xFF5F)} - {chr(c) for c in ran
 _ZERO_WIDTH = re.compile(r"[\u200b-\u200f\u2060\ufeff]")
 _LEFTOVER_TAGS = re.compile(r"</?s>|<\|(?:begin_of_text|end_of_text|eot_id|start_header_id|end_header_id|im_start|im_end)\|>|\[/?INST\]")
 _ROLE_PREFIX = re.compile(r"^\s*(?:\*\*|__)?(?:Assistant|Human|回答|答|回复|问题|问|A|Q)(?:\*\*|__)?\s*[:：]\s*(?:\*\*|__)?\s*", re.IGNORECASE)
+# A teacher's "as an AI" opener, only where it is one (followed by a comma or by 我 / I): 作为AI工程师 and
+# "as an aid" are not, and user turns are never touched.
 _AI_DISCLAIMER = re.compile(
-    r"(?:作为|身为)(?:一[个名位])?(?:AI语言模型|AI助手|人工智能(?:语言)?(?:模型|助手)|语言模型|人工智能|AI)[，,]?"
-    r"|As an AI(?: language model)?,?\s*",
+    r"(?:作为|身为)(?:一[个名位])?(?:AI语言模型|AI助手|人工智能(?:语言)?(?:模型|助手)|语言模型|人工智能|AI)(?:[，,]|(?=我))"
+    r"|\bAs an AI(?: language model| assistant)?(?:,\s*|\s+(?=I\b))",
     re.IGNORECASE,
 )
 _SPACES = re.compile(r"[ \t\u3000]+")
@@ -52,24 +54,29 @@ _REPEATED_CHAR = re.compile(r"(.)\1{29,}", re.DOTALL)
 _REPEATED_CHUNK = re.compile(r"(.{2,10}?)\1{14,}", re.DOTALL)
 
 
-# Full-width punctuation is parked in the Private Use Area while NFKC runs, then put back.
-_PARK = {ord(ch): 0xF0000 + ord(ch) for ch in _KEEP_FULLWIDTH}
+# Characters NFKC would spell out in ASCII although Chinese text uses them on purpose: the ellipsis (…… would
+# become ......) and enclosed numbers (①, ⑴, ㈠ would become 1, (1), (一)).
+_KEEP_AS_WRITTEN = {"\u2026", "\u2025"} | {chr(c) for c in range(0x2460, 0x2500)} | {chr(c) for c in range(0x3200, 0x3300)}
+# They are parked in the Private Use Area while NFKC runs, then put back.
+_PARK = {ord(ch): 0xF0000 + ord(ch) for ch in _KEEP_FULLWIDTH | _KEEP_AS_WRITTEN}
 _UNPARK = {v: k for k, v in _PARK.items()}
 
 
 def nfkc_keep_chinese_punctuation(text: str) -> str:
-    """NFKC (full-width letters and digits, compatibility forms) that leaves ，！？：（） alone."""
+    """NFKC (full-width letters and digits, compatibility forms) that leaves ，！？：（）, …… and ① alone."""
     if unicodedata.is_normalized("NFKC", text):
         return text
     return unicodedata.normalize("NFKC", text.translate(_PARK)).translate(_UNPARK)
 
 
-def normalise_text(text: str) -> str:
-    """NFKC except Chinese full-width punctuation, no zero-width characters, tidy whitespace, no artefacts."""
+def normalise_text(text: str, answer: bool = False) -> str:
+    """NFKC except Chinese full-width punctuation, no zero-width characters, tidy whitespace, no artefacts;
+    in an ``answer``, no "as an AI" opener either."""
     text = nfkc_keep_chinese_punctuation(text)
     text = _ZERO_WIDTH.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
     text = _LEFTOVER_TAGS.sub("", text)
-    text = _AI_DISCLAIMER.sub("", text)
+    if answer:
+        text = _AI_DISCLAIMER.sub("", text)
     text = _ROLE_PREFIX.sub("", text)
     lines = [line.strip() for line in _SPACES.sub(" ", text).split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
@@ -80,7 +87,7 @@ def normalise(records: list[Conversation]) -> StepResult:
     kept = [
         replace(
             rec,
-            turns=[Turn(t.role, normalise_text(t.content)) for t in rec.turns],
+            turns=[Turn(t.role, normalise_text(t.content, answer=t.role == "assistant")) for t in rec.turns],
             system=normalise_text(rec.system) if rec.system else rec.system,
         )
         for rec in records

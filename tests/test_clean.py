@@ -11,8 +11,19 @@ def conv(*texts: str, system: str | None = None) -> Conversation:
 
 def test_normalise_keeps_chinese_punctuation_and_strips_artefacts():
     text = "作为一个AI语言模型，我理解你的感受！ＡＢＣ１２３\u200b，好的：  </s>\n\n\n\n下一段"
-    assert clean.normalise_text(text) == "我理解你的感受！ABC123，好的：\n\n下一段"
+    assert clean.normalise_text(text, answer=True) == "我理解你的感受！ABC123，好的：\n\n下一段"
     assert clean.normalise_text("**回答：** 先深呼吸。") == "先深呼吸。"
+
+
+def test_normalise_leaves_what_chinese_writes_on_purpose_and_what_users_say():
+    """…… stays an ellipsis and ① a circled number (NFKC spells them ...... and 1); "作为AI工程师" and "as an aid"
+    are not AI disclaimers, and a user's own words are never stripped of one."""
+    answer = "我明白……你可以：①规律作息②适度运动⑴先写下来㈠慢慢来。As an aid to sleep, try this."
+    assert clean.normalise_text(answer, answer=True) == answer
+    assert clean.normalise_text("作为AI工程师，我每天加班到半夜", answer=True) == "作为AI工程师，我每天加班到半夜"
+    assert clean.normalise_text("作为一个AI助手我理解你。As an AI, I care.", answer=True) == "我理解你。I care."
+    result = clean.normalise([conv("作为人工智能，你会怎么看我？", "作为一个AI语言模型，我会认真听你说。")])
+    assert [t.content for t in result.kept[0].turns] == ["作为人工智能，你会怎么看我？", "我会认真听你说。"]
 
 
 def test_normalise_is_pure():
