@@ -72,6 +72,25 @@ def test_broken_jsonl_line_is_a_rejected_row(tmp_path):
     assert items[3].reason == "unknown_shape"
 
 
+def test_jsonl_lines_break_only_at_newlines_and_openai_content_parts_are_text(tmp_path):
+    """json.dumps(ensure_ascii=False) and orjson leave U+2028 / U+2029 unescaped inside strings: still one record.
+    OpenAI content-part lists are their text parts; an image part is a rejected row, not a stringified list."""
+    path = tmp_path / "chat.jsonl"
+    items = [
+        {"instruction": "第一行\u2028第二行", "output": "段落一\u2029段落二"},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "我很焦虑"}, {"type": "text", "text": "怎么办"}]},
+                      {"role": "assistant", "content": "我们一起看看。"}]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}]},
+                      {"role": "assistant", "content": "好的"}]},
+    ]
+    path.write_text("\r\n".join(json.dumps(item, ensure_ascii=False) for item in items) + "\r\n", encoding="utf-8")
+    found = list(read_path(path))
+    assert [type(item).__name__ for item in found] == ["Conversation", "Conversation", "Rejected"]
+    assert found[0].first_question == "第一行\u2028第二行" and found[0].final_answer == "段落一\u2029段落二"
+    assert found[1].first_question == "我很焦虑\n怎么办"
+    assert found[2].provenance.location == "line 3" and "image_url" in found[2].detail
+
+
 @pytest.mark.parametrize(
     "name, content, expected",
     [

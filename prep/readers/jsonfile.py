@@ -34,13 +34,23 @@ def _role(name: object) -> str:
     raise ShapeError(f"unknown role '{name}'")
 
 
+def _content_text(content: object) -> str:
+    """A message's text: a string, or an OpenAI content-part list whose text parts are joined."""
+    if isinstance(content, list):
+        if not all(isinstance(part, dict) and part.get("type") == "text" for part in content):
+            kinds = sorted({str(part.get("type")) if isinstance(part, dict) else type(part).__name__ for part in content})
+            raise ShapeError(f"a message has content parts other than text ({', '.join(kinds)})")
+        return "\n".join(str(part.get("text") or "").strip() for part in content).strip()
+    return str(content or "").strip()
+
+
 def _from_messages(messages: list, role_key: str, content_key: str) -> tuple[list[Turn], str | None]:
     turns, system = [], None
     for message in messages:
         if not isinstance(message, dict):
             raise ShapeError("a message is not an object")
         role = _role(message.get(role_key))
-        content = str(message.get(content_key) or "").strip()
+        content = _content_text(message.get(content_key))
         if role == "system":
             system = content or None
         else:
@@ -136,7 +146,9 @@ def read_jsonl(path: Path, origin: str = "labelled") -> Iterator[Conversation | 
     """
     text = read_text_file(path)
     journal: list[tuple[int, dict]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: str.splitlines() also breaks at U+2028, U+2029 and U+0085, which json.dumps(ensure_ascii=False)
+    # and orjson leave unescaped inside strings, so one record would become two malformed halves.
+    for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
         if not line.strip():
             continue
         provenance = Provenance(str(path), f"line {number}", origin=origin)
