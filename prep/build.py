@@ -88,16 +88,23 @@ def _apply(state: _State, result: clean.StepResult) -> None:
     state.counts += result.counts
 
 
-def _token_counts(records: list[Conversation], tokenizer_dir: Path | None) -> list[int] | None:
+def _token_counts(records: list[Conversation], tokenizer_dir: Path | None, system: str) -> list[int] | None:
+    """Each conversation's length in tokens as it will be trained: in the tokenizer's chat template (Llama-3's is
+    LLaMA-Factory's llama3 template) with the system prompt the writers give it."""
     if tokenizer_dir is None:
         return None
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    texts = ["\n".join([rec.system or ""] + [t.content for t in rec.turns]) for rec in records]
+    messages = [[{"role": "system", "content": rec.system or system}] + [{"role": t.role, "content": t.content} for t in rec.turns]
+                for rec in records]
+    if tokenizer.chat_template:
+        texts = [tokenizer.apply_chat_template(conversation, tokenize=False) for conversation in messages]
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    texts = ["\n".join(message["content"] for message in conversation) for conversation in messages]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    # Chat-template overhead: header and end tokens around every message, plus the system message.
-    return [len(ids) + 5 * (len(rec.turns) + 1) + 1 for ids, rec in zip(encoded, records)]
+    # No chat template: Llama-3's overhead, header and end tokens around every message, plus the first token.
+    return [len(ids) + 5 * len(conversation) + 1 for ids, conversation in zip(encoded, messages)]
 
 
 def build(inputs: list[Path], options: BuildOptions) -> dict:
@@ -106,7 +113,7 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
     state = _read_all(inputs)
     rows_in = len(state.records) + len(state.rejected)
     _apply(state, clean.run_steps(state.records, options.limits))
-    tokens = _token_counts(state.records, options.tokenizer)
+    tokens = _token_counts(state.records, options.tokenizer, options.system)
     if tokens is not None:
         _apply(state, clean.token_limit(state.records, tokens, options.cutoff_len))
     agreement = resolve(state.records)
@@ -118,7 +125,7 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
     train, test = split(kept, options.test_size, options.seed, groups)
     if len(kept) + len(deduped.duplicates) + len(state.rejected) != rows_in:
         raise AssertionError("accounting invariant broken: rows_in != kept + duplicates + rejected")
-    kept_tokens = _token_counts(kept, options.tokenizer)
+    kept_tokens = _token_counts(kept, options.tokenizer, options.system)
     report = _report(options, inputs, rows_in, kept, deduped.duplicates, state, train, test, agreement.stats, kept_tokens)
     warning = share_warning(len(kept), len(test), options.test_size, groups)
     report["warnings"] = [warning] if warning else []

@@ -24,13 +24,15 @@ def build_command(
     system: Annotated[str, typer.Option("--system", help="System prompt for rows without one.")] = DEFAULT_SYSTEM_PROMPT,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the deterministic split.")] = 42,
     near_dedup: Annotated[bool, typer.Option("--near-dedup/--no-near-dedup", help="MinHash near-duplicate removal.")] = True,
+    tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="Local tokenizer or model folder: reject rows longer than --cutoff-len tokens.")] = None,
+    cutoff_len: Annotated[int, typer.Option("--cutoff-len", min=1, help="LLaMA-Factory's cutoff_len (with --tokenizer).")] = 2048,
 ) -> None:
     """Read, clean, deduplicate, split and register a dataset."""
     from prep.build import BuildOptions, build
     from prep.dedup import DedupConfig
 
     options = BuildOptions(name=name, dataset_dir=dataset_dir, test_size=test_size, system=system, seed=seed,
-                           dedup=DedupConfig(near=near_dedup))
+                           dedup=DedupConfig(near=near_dedup), tokenizer=tokenizer, cutoff_len=cutoff_len)
     report = build(inputs, options)
     reasons = ", ".join(f"{k} {v}" for k, v in report["rejected_by_reason"].items()) or "none"
     typer.echo(

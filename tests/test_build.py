@@ -196,6 +196,29 @@ def test_token_limit_with_a_local_tokenizer(tmp_path, tiny_model):
         build([path], BuildOptions(name="tok", dataset_dir=tmp_path, tokenizer=tmp_path))
 
 
+def test_cli_token_limit_counts_the_system_prompt_the_row_is_trained_with(tmp_path, tiny_model):
+    """A row whose turns fit --cutoff-len but which, with the default system prompt the writers add, is longer
+    than that once templated would be cut silently by LLaMA-Factory: prep build --tokenizer rejects it."""
+    from transformers import AutoTokenizer
+
+    from prep.prompts import DEFAULT_SYSTEM_PROMPT
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    question, answer = "我最近总是失眠", "".join(f"第{i}条建议各不相同。" for i in range(8))
+    templated = lambda system: len(tokenizer.apply_chat_template(
+        ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question},
+                                                                      {"role": "assistant", "content": answer}])["input_ids"])
+    cutoff = templated(DEFAULT_SYSTEM_PROMPT) - 5
+    assert templated(None) < cutoff  # the turns alone fit
+    path = write_csv(tmp_path / "len.csv", [("你好", "你好，我在。", "其他"), (question, answer, "失眠")])
+    result = subprocess.run([sys.executable, "-m", "prep.cli", "build", str(path), "--name", "tok", "--dataset-dir", str(tmp_path),
+                             "--test-size", "0", "--tokenizer", str(tiny_model), "--cutoff-len", str(cutoff)],
+                            capture_output=True, text=True, env=tool_env(), cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "data" / "tok_report.json").read_text(encoding="utf-8"))
+    assert report["kept"] == 1 and report["rejected_by_reason"] == {"too_many_tokens": 1}
+
+
 def test_split_keeps_the_test_share_when_questions_share_sentence_frames(tmp_path):
     """Near-duplicate grouping must not chain merely similar questions into one cluster (all on one side)."""
     frames = ["我最近总是{}，怎么办？", "因为{}，我晚上睡不着，该怎么调整？", "{}的时候，我应该跟谁聊聊？", "我和家人因为{}吵了一架，心里很难受"]
