@@ -26,6 +26,7 @@ from prep.agreement import resolve
 from prep.dedup import DedupConfig, dedup, near_groups
 from prep.errors import PrepError
 from prep.fsutil import atomic_write_json, atomic_write_text
+from prep.pii import scrub_pii
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
 from prep.readers import read_path, supported_files
 from prep.records import Conversation, Rejected
@@ -180,7 +181,8 @@ def _write(options, train, test, not_kept, conflicts, report, kept, tokens) -> N
     write_json_list(data_dir / f"{name}_alpaca.json", [to_alpaca(r, options.system) for r in train])
     write_json_list(data_dir / f"{name}_sharegpt.json", [to_sharegpt(r, options.system) for r in train])
     write_json_list(data_dir / f"{name}_test.json", [to_alpaca(r, options.system) for r in test])
-    write_jsonl(data_dir / f"{name}_rejected.jsonl", [r.to_dict() for r in not_kept])
+    # Rows rejected before the scrub step (unreadable, invalid) still hold their raw text: scrub it here too.
+    write_jsonl(data_dir / f"{name}_rejected.jsonl", [dict(r.to_dict(), raw=scrub_pii(r.raw)[0] if r.raw else r.raw) for r in not_kept])
     write_jsonl(data_dir / f"{name}_conflicts.jsonl", conflicts)
     write_histogram(data_dir / f"{name}_lengths.png", kept, tokens)
     atomic_write_json(data_dir / f"{name}_report.json", report)

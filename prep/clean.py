@@ -141,7 +141,7 @@ def token_limit(records: list[Conversation], token_counts: list[int], cutoff_len
 
 
 def scrub(records: list[Conversation]) -> StepResult:
-    """Replace personal data with placeholders, counting each kind."""
+    """Replace personal data in every turn and the system prompt with placeholders, counting each kind."""
     result = StepResult([])
     for rec in records:
         turns = []
@@ -149,7 +149,9 @@ def scrub(records: list[Conversation]) -> StepResult:
             text, counts = scrub_pii(turn.content)
             result.counts.update(counts)
             turns.append(Turn(turn.role, text))
-        result.kept.append(replace(rec, turns=turns))
+        system, counts = scrub_pii(rec.system) if rec.system else (rec.system, Counter())
+        result.counts.update(counts)
+        result.kept.append(replace(rec, turns=turns, system=system))
     return result
 
 

@@ -165,6 +165,24 @@ def test_thousands_of_copies_of_one_greeting_are_one_text_to_near_dedup():
     assert {d.detail for d in result.duplicates} == {"duplicate of log.jsonl line 1 (Jaccard 1.00)"}
 
 
+def test_personal_data_is_scrubbed_from_system_prompts_and_from_rejected_rows(tmp_path):
+    """A phone number in a record's own system prompt never reaches the training files, and the raw text of a row
+    rejected before the scrub step (here: an answer too short) is scrubbed in NAME_rejected.jsonl."""
+    items = [
+        {"conversations": [{"from": "human", "value": "我最近很焦虑"}, {"from": "gpt", "value": "我们一起看看原因。"}],
+         "system": "你是咨询师小王，电话13812345678，邮箱wang@example.com"},
+        {"instruction": "我的身份证号是11010519491231002X，帮我看看", "output": "好"},
+    ]
+    path = tmp_path / "items.json"
+    path.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+    build([path], BuildOptions(name="p", dataset_dir=tmp_path, test_size=0))
+    written = "".join(file.read_text(encoding="utf-8") for file in (tmp_path / "data").glob("p_*.json*"))
+    for secret in ("13812345678", "wang@example.com", "11010519491231002X"):
+        assert secret not in written
+    rejected = [json.loads(line) for line in (tmp_path / "data" / "p_rejected.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["reason"] for r in rejected] == ["too_short"] and "帮我看看" in rejected[0]["raw"]
+
+
 def test_cli_bad_input_is_one_sentence_and_nonzero_exit(tmp_path):
     bad = tmp_path / "photo.csv"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
@@ -240,3 +258,22 @@ def test_a_lopsided_split_is_reported_with_its_cause():
     message = share_warning(100, 0, 0.1, [0] * 90 + list(range(90, 100)))
     assert message.startswith("the test split holds 0.0% of the kept rows instead of about 10%")
     assert "90 rows (90%)" in message
+
+
+def test_outputs_get_the_usual_file_mode_not_the_temp_files_0600(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the dataset, report and registry must get the mode any file the
+    user writes gets (0644 under umask 022), or a shared training box cannot read them; a rewrite keeps the mode."""
+    import os
+    import stat
+
+    from prep.fsutil import atomic_write_bytes
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_bytes(tmp_path / "new.json", b"[]")
+    existing = tmp_path / "kept_mode.json"
+    existing.write_bytes(b"{}")
+    existing.chmod(0o640)
+    atomic_write_bytes(existing, b"[]")
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o640
