@@ -41,6 +41,22 @@ def test_real_xlsx_with_instruction_output_columns(tmp_path):
     assert record.first_question == "我很自卑\n总觉得别人比我强" and record.final_answer == "你愿意说出来就很勇敢。"
 
 
+def test_every_sheet_of_a_workbook_is_read_and_a_sheet_without_columns_is_reported(tmp_path):
+    """Annotators split batches over sheets: all are read, each row located by sheet; a notes sheet without
+    question/answer columns is one rejected row that says how many rows it holds, not silently skipped."""
+    path = tmp_path / "batches.xlsx"
+    with pd.ExcelWriter(path) as writer:
+        pd.DataFrame({"问题": ["我很自卑"], "回答": ["你愿意说出来就很勇敢。"]}).to_excel(writer, sheet_name="第一批", index=False)
+        pd.DataFrame({"问题": ["我失眠", "我焦虑"], "回答": ["先规律作息。", "深呼吸。"]}).to_excel(writer, sheet_name="第二批", index=False)
+        pd.DataFrame({"说明": ["每行一条", "不要改表头"]}).to_excel(writer, sheet_name="说明", index=False)
+    items = list(read_path(path))
+    records = [item for item in items if isinstance(item, Conversation)]
+    assert [(r.provenance.location, r.first_question) for r in records] == [
+        ("sheet 第一批 row 2", "我很自卑"), ("sheet 第二批 row 2", "我失眠"), ("sheet 第二批 row 3", "我焦虑")]
+    [notes] = [item for item in items if isinstance(item, Rejected)]
+    assert notes.reason == "sheet_without_columns" and notes.provenance.location == "sheet 说明" and "2 rows" in notes.detail
+
+
 def test_text_column_holds_one_multi_turn_conversation(tmp_path):
     cell = "<s>Human: 你好\n</s><s>Assistant: 你好呀\n</s><s>Human: 我很难过\n</s><s>Assistant: 我在听\n</s>"
     path = write_csv(tmp_path / "sft.csv", [(cell,)], header="text")

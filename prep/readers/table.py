@@ -31,16 +31,19 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _load_frame(path: Path) -> pd.DataFrame:
+def _load_frames(path: Path) -> list[tuple[str | None, pd.DataFrame]]:
+    """The table's data: (sheet name, frame) for every sheet of a workbook, (None, frame) for a text table."""
     suffix = path.suffix.lower()
     if suffix in (".xlsx", ".xls"):
         try:
-            return pd.read_excel(path, dtype=str, keep_default_na=False, engine="openpyxl" if suffix == ".xlsx" else "xlrd")
+            sheets = pd.read_excel(path, sheet_name=None, dtype=str, keep_default_na=False,
+                                   engine="openpyxl" if suffix == ".xlsx" else "xlrd")
         except Exception as err:  # openpyxl/xlrd raise many types for a non-workbook
             raise PrepError(f"{path}: not a readable {suffix[1:].upper()} workbook ({type(err).__name__}); expected an Excel file saved by Excel or LibreOffice.") from None
+        return list(sheets.items())
     text = read_text_file(path)
     try:
-        return pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        return [(None, pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False))]
     except pd.errors.ParserError as err:
         raise PrepError(f"{path}: malformed {suffix[1:].upper()} ({err}).") from None
     except pd.errors.EmptyDataError:
@@ -65,12 +68,38 @@ def _resolve_columns(path: Path, frame: pd.DataFrame) -> dict[str, str]:
 
 
 def read_table(path: Path, origin: str = "labelled") -> Iterator[Conversation | Rejected]:
-    """Yield one record per data row (row numbers as a spreadsheet shows them, header = row 1)."""
-    frame = _load_frame(path)
+    """Yield one record per data row (row numbers as a spreadsheet shows them, header = row 1).
+
+    Every sheet of a workbook is read ("sheet NAME row N" when there are several). A non-empty sheet without
+    question/answer columns is one rejected row that says so, unless no sheet has them (then the file is an error).
+    """
+    sheets = [(name, frame) for name, frame in _load_frames(path) if name is None or len(frame.columns)]  # not blank sheets
+    usable = {name for name, frame in sheets if _has_columns(frame)}
+    if not usable:
+        _resolve_columns(path, sheets[0][1] if sheets else pd.DataFrame())  # raises the one-sentence error
+    for name, frame in sheets:
+        where = f"sheet {name} " if len(sheets) > 1 else ""
+        if name not in usable:
+            columns = ", ".join(map(str, frame.columns)) or "none"
+            yield Rejected("sheet_without_columns", Provenance(str(path), f"sheet {name}", origin=origin),
+                           detail=f"no question/answer or text columns (found: {columns}); {len(frame)} rows not read")
+            continue
+        yield from _read_frame(path, frame, where, origin)
+
+
+def _has_columns(frame: pd.DataFrame) -> bool:
+    try:
+        _resolve_columns(Path(), frame)
+        return True
+    except PrepError:
+        return False
+
+
+def _read_frame(path: Path, frame: pd.DataFrame, where: str, origin: str) -> Iterator[Conversation | Rejected]:
     columns = _resolve_columns(path, frame)
     for index, row in enumerate(frame.to_dict("records"), start=2):
         cell = {key: str(row[col]).strip() for key, col in columns.items()}
-        provenance = Provenance(str(path), f"row {index}", origin=origin, annotator=cell.get("annotator") or None)
+        provenance = Provenance(str(path), f"{where}row {index}", origin=origin, annotator=cell.get("annotator") or None)
         extra = {"category": cell.get("category") or None, "record_id": cell.get("id") or None,
                  "meta": {"verdict": cell["verdict"]} if cell.get("verdict") else {}}
         if "question" in cell and (cell["question"] or cell.get("answer")):
