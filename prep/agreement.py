@@ -1,6 +1,6 @@
 """Multi-annotator agreement (the seed's 多人标注、交叉验证).
 
-When the same question (canonical text) was labelled by two or more annotators,
+When the same question (canonical text of all its user turns) was labelled by two or more annotators,
 their labels are compared: the category, and the keep/reject verdict where a
 ``verdict`` column exists. Agreement is Cohen's kappa for two annotators and
 Fleiss' kappa (variable raters per item) for more.
@@ -129,7 +129,7 @@ def resolve(records: list[Conversation]) -> AgreementResult:
     groups: dict[str, list[int]] = defaultdict(list)
     for index, rec in enumerate(records):
         if rec.provenance.annotator:
-            groups[canonical_text(rec.first_question)].append(index)
+            groups[canonical_text(rec.user_text())].append(index)  # the whole dialogue: many open with 你好
     multi = {key: idx for key, idx in groups.items() if len({records[i].provenance.annotator for i in idx}) >= 2}
     drop = _own_verdicts(records, {i for idx in multi.values() for i in idx})
     conflicts = []

@@ -77,3 +77,19 @@ def test_a_lone_reject_verdict_is_not_trained_on(tmp_path):
     assert report["rejected_by_reason"] == {"annotator_rejected": 2, "unknown_verdict": 1}
     rejected = [json.loads(line) for line in (tmp_path / "data" / "r_rejected.jsonl").read_text(encoding="utf-8").splitlines()]
     assert any(r["reason"] == "unknown_verdict" and "待定" in r["detail"] for r in rejected)
+
+
+def test_json_labels_count_and_dialogues_are_compared_whole(tmp_path):
+    """annotator / verdict keys on JSON items count as the table columns do; two different dialogues that both
+    open with 你好 are two items, not one question the annotators disagree on."""
+    dialogue = lambda second, category, annotator, verdict=None: {
+        "conversations": [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "你好，我在。"},
+                          {"from": "human", "value": second}, {"from": "gpt", "value": "我们慢慢聊。"}],
+        "category": category, "annotator": annotator, **({"verdict": verdict} if verdict else {})}
+    items = [dialogue("我和男朋友分手了", "恋爱", "A"), dialogue("我考研失败了", "学业", "B"),
+             {"instruction": "我总是拖延", "output": "你就是懒。", "annotator": "A", "verdict": "reject"},
+             {"instruction": "我总是拖延", "output": "你就是懒。", "annotator": "B", "verdict": "删除"}]
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+    report = build([path], BuildOptions(name="j", dataset_dir=tmp_path, test_size=0.0))
+    assert report["kept"] == 2 and report["rejected_by_reason"] == {"annotator_rejected": 2}

@@ -79,14 +79,18 @@ def item_to_conversation(item: object, provenance: Provenance) -> Conversation:
         raise ShapeError("expected alpaca (instruction/output), sharegpt (conversations) or OpenAI (messages) keys")
     if item.get("origin") in ("labelled", "distilled", "feedback"):
         provenance.origin = item["origin"]
-        provenance.annotator = item.get("reviewer") or item.get("annotator") or provenance.annotator
         provenance.created = item.get("reviewed_at") or provenance.created
+    # Annotator and verdict count on every item, as the table columns do (not only on prep review's feedback).
+    annotator = item.get("reviewer") or item.get("annotator")
+    provenance.annotator = str(annotator).strip() if annotator not in (None, "") else provenance.annotator
+    verdict = item.get("verdict")
     return Conversation(
         turns,
         provenance,
         system=inner_system or (str(system).strip() if system else None),
         category=item.get("category") or None,
         record_id=str(item["id"]) if item.get("id") is not None else None,
+        meta={"verdict": str(verdict)} if verdict not in (None, "") else {},
     )
 
 
