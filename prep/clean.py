@@ -171,9 +171,8 @@ def crisis_rule(records: list[Conversation]) -> StepResult:
             result.rejected.append(
                 Rejected("crisis_without_referral", rec.provenance, detail="a crisis message is answered without a referral", raw=rec.first_question[:500])
             )
-        else:
-            result.counts["crisis"] += bool(crisis_at)
-            result.kept.append(rec)
+        else:  # marked, so the report counts the crisis conversations that survive dedup and agreement too
+            result.kept.append(replace(rec, meta={**rec.meta, "crisis": True}) if crisis_at else rec)
     return result
 
 

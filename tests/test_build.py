@@ -277,3 +277,12 @@ def test_outputs_get_the_usual_file_mode_not_the_temp_files_0600(tmp_path):
     atomic_write_bytes(existing, b"[]")
     assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o666 & ~umask
     assert stat.S_IMODE(existing.stat().st_mode) == 0o640
+
+
+def test_report_counts_the_crisis_conversations_actually_kept(tmp_path):
+    """Three copies of one crisis exchange (answered with a referral) are one kept conversation, and the report
+    says one, not the three the crisis rule saw before dedup."""
+    row = ("我真的不想活了", f"听到你这么说我很担心你。{REFERRAL}", "危机干预")
+    report = build([write_csv(tmp_path / "crisis.csv", [row, row, row, ("我最近总是失眠", "先规律作息。", "失眠")])],
+                   BuildOptions(name="c", dataset_dir=tmp_path, test_size=0.0))
+    assert report["kept"] == 2 and report["crisis_conversations_kept"] == 1
