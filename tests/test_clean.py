@@ -51,7 +51,7 @@ def test_crisis_rule_needs_a_referral_after_each_crisis_message():
     ok = conv("我不想活了", "我很担心你，请拨打心理援助热线 12356。")
     bad = conv("今天天气不错", "是的。", "其实我想结束自己的生命", "出去走走吧。")
     result = clean.crisis_rule([ok, bad])
-    assert result.kept == [ok] and result.counts["crisis"] == 1
+    assert [r.turns for r in result.kept] == [ok.turns] and result.kept[0].meta == {"crisis": True}
     assert result.rejected[0].reason == "crisis_without_referral"
 
 
