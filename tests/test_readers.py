@@ -34,6 +34,19 @@ def test_tsv_with_crlf_quoted_multiline_and_chinese_headers(tmp_path):
     assert records[1].final_answer == "回答二" and records[1].provenance.annotator == "李四"
 
 
+def test_big5_is_read_as_big5_and_a_file_utf8_but_for_some_lines_is_refused(tmp_path):
+    """GB18030 decodes almost any bytes, so a Big5 file (Traditional Chinese) came out as mojibake (и程…) and was
+    trained on; rows pasted from a GBK file into a UTF-8 one turned the UTF-8 rows into mojibake (鎴戞渶…)."""
+    rows = [("我最近總是失眠，怎麼辦？", "先規律作息，睡前放下手機。", "失眠"), ("我和父母吵架了", "試著先冷靜下來，再好好溝通。", "人際")]
+    records = conversations(write_csv(tmp_path / "big5.csv", rows, encoding="big5"))
+    assert [(r.first_question, r.final_answer) for r in records] == [(q, a) for q, a, _ in rows]
+    assert conversations(write_csv(tmp_path / "traditional_gbk.csv", rows, encoding="gbk"))[0].first_question == rows[0][0]
+    mixed = write_csv(tmp_path / "mixed.csv", ROWS)
+    mixed.write_bytes(mixed.read_bytes() + "我和父母吵架,试着沟通,人际\n".encode("gbk"))
+    with pytest.raises(PrepError, match=r"mixed.csv: line 5 is not UTF-8 although most lines are"):
+        list(read_path(mixed))
+
+
 def test_real_xlsx_with_instruction_output_columns(tmp_path):
     path = tmp_path / "labelled.xlsx"
     pd.DataFrame({"instruction": ["我很自卑"], "input": ["总觉得别人比我强"], "output": ["你愿意说出来就很勇敢。"]}).to_excel(path, index=False)

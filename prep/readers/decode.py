@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from charset_normalizer import from_bytes
@@ -19,7 +20,8 @@ _BINARY_MAGIC = {
 
 
 def read_text_file(path: Path) -> str:
-    """Decode a text file (UTF-8 with or without BOM, then GB18030, then detection); CRLF becomes LF."""
+    """Decode a text file (UTF-8 with or without BOM, then GB18030 or Big5 where the result is plausible Chinese,
+    then detection); CRLF becomes LF. A file that is UTF-8 but for some lines is refused."""
     return _detect(path).replace("\r\n", "\n")
 
 
@@ -32,17 +34,55 @@ def _detect(path: Path) -> str:
         return _decode(path, data, "utf-8-sig")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return _decode(path, data, "utf-16")
-    for encoding in ("utf-8", "gb18030"):
+    try:
+        text = data.decode("utf-8")
+        if "\x00" not in text:
+            return text
+    except UnicodeDecodeError:
+        _refuse_mixed_utf8(path, data)
+    for encoding in ("gb18030", "big5"):  # GB18030 decodes almost any bytes: Big5 would come out as mojibake
         try:
             text = data.decode(encoding)
         except UnicodeDecodeError:
             continue
-        if "\x00" not in text:
+        if "\x00" not in text and _unlikely_share(text) <= MAX_UNLIKELY_SHARE:
             return text
     best = from_bytes(data).best()
     if best is None or "\x00" in str(best):
         raise PrepError(f"{path}: cannot decode the bytes as text; expected UTF-8, UTF-8 with BOM or GBK/GB18030.")
     return str(best)
+
+
+# Characters Chinese text hardly ever holds but a wrong double-byte decoding produces: private use, Cyrillic,
+# Greek, kana, box drawing (GBK's symbol rows). Big5 read as GB18030: about a third of its characters.
+_UNLIKELY = re.compile(r"[\ue000-\uf8ff\u0370-\u03ff\u0400-\u04ff\u3040-\u30ff\u2500-\u257f]")
+MAX_UNLIKELY_SHARE = 0.02
+
+
+def _unlikely_share(text: str) -> float:
+    """The share of the non-ASCII characters of ``text`` that a wrong decoding would explain better."""
+    non_ascii = len(text) - len(text.encode("ascii", "ignore"))
+    return len(_UNLIKELY.findall(text)) / non_ascii if non_ascii else 0.0
+
+
+def _refuse_mixed_utf8(path: Path, data: bytes) -> None:
+    """A file whose non-ASCII lines are mostly UTF-8 but not all (rows pasted from a GBK file) would decode as
+    GB18030 mojibake: stop and name the first line that is not UTF-8."""
+    lines = data.split(b"\n")
+    utf8 = [_is_utf8(line) for line in lines]
+    non_ascii_utf8 = sum(ok and not line.isascii() for ok, line in zip(utf8, lines))
+    foreign = [number for number, ok in enumerate(utf8, start=1) if not ok]
+    if non_ascii_utf8 > len(foreign):
+        raise PrepError(f"{path}: line {foreign[0]} is not UTF-8 although most lines are ({len(foreign)} lines are not); "
+                        "expected one encoding for the whole file (save it again as UTF-8).")
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def _decode(path: Path, data: bytes, encoding: str) -> str:
