@@ -25,7 +25,7 @@ from prep import clean
 from prep.agreement import resolve
 from prep.dedup import DedupConfig, dedup, near_groups
 from prep.errors import PrepError
-from prep.fsutil import atomic_write_json, atomic_write_text
+from prep.fsutil import all_or_nothing, atomic_write_json, atomic_write_text
 from prep.pii import scrub_pii
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
 from prep.readers import read_path, supported_files
@@ -176,6 +176,12 @@ def _report(options, inputs, rows_in, kept, duplicates, state, train, test, agre
 
 
 def _write(options, train, test, not_kept, conflicts, report, kept, tokens) -> None:
+    """Every output and the registry entries, all replaced together or, on any failure, none."""
+    with all_or_nothing():
+        _write_outputs(options, train, test, not_kept, conflicts, report, kept, tokens)
+
+
+def _write_outputs(options, train, test, not_kept, conflicts, report, kept, tokens) -> None:
     data_dir = Path(options.dataset_dir) / "data"
     name = options.name
     write_json_list(data_dir / f"{name}_alpaca.json", [to_alpaca(r, options.system) for r in train])

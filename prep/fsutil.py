@@ -1,13 +1,16 @@
 """Atomic file writes: a temp file in the same folder, fsync, then rename.
 
 Readers of a file written here see either the old content or the new one,
-never half of it.
+never half of it; ``all_or_nothing`` extends that to a set of files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,14 @@ def _process_umask() -> int:
 _FILE_MODE = 0o666 & ~_process_umask()
 
 
+_staged = threading.local()  # .renames: (temp file, target) pairs waiting for the end of all_or_nothing()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file intact; an existing file keeps its mode."""
+    """Write ``data`` to ``path`` so that a crash leaves the old file intact; an existing file keeps its mode.
+
+    Inside ``all_or_nothing()`` the rename waits for the end of the block.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o777 if path.exists() else _FILE_MODE
@@ -36,10 +45,36 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        renames = getattr(_staged, "renames", None)
+        if renames is None:
+            os.replace(tmp_name, path)
+        else:
+            renames.append((tmp_name, path))
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """Files written with ``atomic_write_bytes`` inside the block replace their old versions together at its end,
+    or, if the block fails (a full disk, a bad value), none does: a set of outputs (train, test, report) is never
+    half new, half old."""
+    if getattr(_staged, "renames", None) is not None:  # nested: the outer block renames
+        yield
+        return
+    _staged.renames = []
+    try:
+        yield
+    except BaseException:
+        for tmp_name, _ in _staged.renames:
+            Path(tmp_name).unlink(missing_ok=True)
+        raise
+    else:
+        for tmp_name, path in _staged.renames:
+            os.replace(tmp_name, path)
+    finally:
+        _staged.renames = None
 
 
 def read_yaml_mapping(path: Path, option: str) -> dict:

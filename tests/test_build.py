@@ -286,3 +286,25 @@ def test_report_counts_the_crisis_conversations_actually_kept(tmp_path):
     report = build([write_csv(tmp_path / "crisis.csv", [row, row, row, ("我最近总是失眠", "先规律作息。", "失眠")])],
                    BuildOptions(name="c", dataset_dir=tmp_path, test_size=0.0))
     assert report["kept"] == 2 and report["crisis_conversations_kept"] == 1
+
+
+def test_a_build_that_fails_while_writing_leaves_every_old_output_in_place(tmp_path, monkeypatch):
+    """Each file was atomic but the set was not: a full disk while writing the test split left the new train file
+    beside the old test file (questions on both sides). Now the outputs and the registry change together or not."""
+    import prep.build
+
+    first = write_csv(tmp_path / "one.csv", [(f"第一批问题{i}：我最近总是失眠", "先规律作息。", "失眠") for i in range(20)])
+    build([first], BuildOptions(name="s", dataset_dir=tmp_path, test_size=0.3))
+    before = {path.name: path.read_bytes() for path in (tmp_path / "data").iterdir()}
+    before["dataset_info.json"] = (tmp_path / "dataset_info.json").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prep.build, "write_histogram", disk_full)  # after train, sharegpt, test and rejected
+    second = write_csv(tmp_path / "two.csv", [(f"第二批问题{i}：考试前很焦虑", "深呼吸。", "焦虑") for i in range(20)])
+    with pytest.raises(OSError, match="No space left"):
+        build([second], BuildOptions(name="s", dataset_dir=tmp_path, test_size=0.3))
+    after = {path.name: path.read_bytes() for path in (tmp_path / "data").iterdir()}
+    after["dataset_info.json"] = (tmp_path / "dataset_info.json").read_bytes()
+    assert after == before  # no temp file left either
