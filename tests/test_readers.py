@@ -41,6 +41,8 @@ def test_big5_is_read_as_big5_and_a_file_utf8_but_for_some_lines_is_refused(tmp_
     records = conversations(write_csv(tmp_path / "big5.csv", rows, encoding="big5"))
     assert [(r.first_question, r.final_answer) for r in records] == [(q, a) for q, a, _ in rows]
     assert conversations(write_csv(tmp_path / "traditional_gbk.csv", rows, encoding="gbk"))[0].first_question == rows[0][0]
+    symbols = [("量表的α系数为0.85，说明什么？", "┌──┐说明信度不错。", "其他")]  # GBK's symbol rows: still GBK
+    assert conversations(write_csv(tmp_path / "symbols_gbk.csv", symbols, encoding="gbk"))[0].first_question == symbols[0][0]
     mixed = write_csv(tmp_path / "mixed.csv", ROWS)
     mixed.write_bytes(mixed.read_bytes() + "我和父母吵架,试着沟通,人际\n".encode("gbk"))
     with pytest.raises(PrepError, match=r"mixed.csv: line 5 is not UTF-8 although most lines are"):
