@@ -100,7 +100,11 @@ def _token_counts(records: list[Conversation], tokenizer_dir: Path | None, syste
     messages = [[{"role": "system", "content": rec.system or system}] + [{"role": t.role, "content": t.content} for t in rec.turns]
                 for rec in records]
     if tokenizer.chat_template:
-        texts = [tokenizer.apply_chat_template(conversation, tokenize=False) for conversation in messages]
+        try:
+            texts = [tokenizer.apply_chat_template(conversation, tokenize=False) for conversation in messages]
+        except Exception as err:  # jinja2's TemplateError, or a template's own raise_exception
+            raise PrepError(f"--tokenizer {tokenizer_dir}: its chat template refuses a conversation with a system prompt ({err}); "
+                            "expected a template with a system role, such as Llama-3's.") from None
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
     texts = ["\n".join(message["content"] for message in conversation) for conversation in messages]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
@@ -175,6 +179,10 @@ def _report(options, inputs, rows_in, kept, duplicates, state, train, test, agre
     }
 
 
+def _scrubbed(row: dict) -> dict:
+    return dict(row, raw=scrub_pii(row["raw"])[0]) if row.get("raw") else row
+
+
 def _write(options, train, test, not_kept, conflicts, report, kept, tokens) -> None:
     """Every output and the registry entries, all replaced together or, on any failure, none."""
     with all_or_nothing():
@@ -188,7 +196,7 @@ def _write_outputs(options, train, test, not_kept, conflicts, report, kept, toke
     write_json_list(data_dir / f"{name}_sharegpt.json", [to_sharegpt(r, options.system) for r in train])
     write_json_list(data_dir / f"{name}_test.json", [to_alpaca(r, options.system) for r in test])
     # Rows rejected before the scrub step (unreadable, invalid) still hold their raw text: scrub it here too.
-    write_jsonl(data_dir / f"{name}_rejected.jsonl", [dict(r.to_dict(), raw=scrub_pii(r.raw)[0] if r.raw else r.raw) for r in not_kept])
+    write_jsonl(data_dir / f"{name}_rejected.jsonl", [_scrubbed(r.to_dict()) for r in not_kept])
     write_jsonl(data_dir / f"{name}_conflicts.jsonl", conflicts)
     write_histogram(data_dir / f"{name}_lengths.png", kept, tokens)
     atomic_write_json(data_dir / f"{name}_report.json", report)

@@ -8,9 +8,11 @@ threshold so that the split can keep paraphrases on the same side.
 LSH banding follows datasketch's ``MinHashLSH`` (its bands and rows for the
 threshold; two records are candidates when all values of one band are equal),
 but the band keys are computed for all records at once with numpy (100k records:
-~35 s -> a few seconds). A shared bucket only proposes a pair: ``dedup`` merges
-a pair when its exact n-gram Jaccard reaches the threshold, ``near_groups`` when
-its MinHash agreement does. Unchecked buckets merged distinct questions that
+~35 s -> a few seconds). A shared bucket only proposes a pair (rows at most
+``BUCKET_NEIGHBOURS`` apart in it, so a bucket of thousands stays linear):
+``dedup`` merges a pair when its n-gram Jaccard reaches the threshold (exact
+where the MinHash estimate is near it), ``near_groups`` when its MinHash
+agreement does. Unchecked buckets merged distinct questions that
 share a sentence frame (on synthetic data, 82% of the near-duplicate merges had
 Jaccard < 0.7; bench/README.md).
 """
@@ -32,6 +34,7 @@ from tqdm import tqdm
 from prep.parallel import MIN_PARALLEL, map_chunks
 from prep.records import Conversation, Rejected
 
+BUCKET_NEIGHBOURS = 8  # a row is paired with this many rows on either side of it in a bucket (see bucket_pairs)
 VERIFY_MARGIN = 0.15  # MinHash agreement this far below the threshold (2.6 standard deviations at 0.7 and 64
 # permutations) rules a candidate pair out without an exact comparison
 ORIGIN_RANK = {"labelled": 0, "feedback": 1, "distilled": 2}
@@ -132,9 +135,15 @@ def dedup(records: list[Conversation], config: DedupConfig = DedupConfig()) -> D
     order = sorted(range(len(records)), key=lambda i: (ORIGIN_RANK.get(records[i].provenance.origin, 9), i))
     hashes = signatures(records, config) if config.near and records else None
     if hashes is not None:  # near duplicates are found among distinct user texts, so 10,000 copies of 你好 are one text
-        texts, firsts, text_of = np.unique([canonical_text(rec.user_text()) for rec in records], return_index=True, return_inverse=True)
-        similar = similar_pairs(texts.tolist(), hashes[firsts], config)
-        kept_with_text = np.full(len(firsts), -1)  # per distinct user text, the record kept with it (at most one)
+        ids: dict[str, int] = {}
+        text_of = [ids.setdefault(canonical_text(rec.user_text()), len(ids)) for rec in records]
+        firsts = np.zeros(len(ids), dtype=np.int64)
+        firsts[text_of[::-1]] = np.arange(len(records))[::-1]  # the first record of each distinct text
+        texts = list(ids)
+        similar = similar_pairs(texts, hashes[firsts], config)
+        grams = functools.lru_cache(maxsize=1 << 12)(lambda text: canonical_shingles(texts[text], config.ngram))
+        kept_with_text = [-1] * len(ids)  # per distinct user text, the record kept with it (at most one)
+        merged_into = [-1] * len(ids)  # per distinct user text of a near duplicate, the kept text it joined
     seen: dict[str, int] = {}
     kept_ids, duplicates = [], []
     for index in tqdm(order, desc="dedup", unit="rec", disable=None, leave=False):
@@ -143,11 +152,10 @@ def dedup(records: list[Conversation], config: DedupConfig = DedupConfig()) -> D
         twin, detail = seen.get(key), ""
         if twin is None and hashes is not None:
             text = text_of[index]
-            near = [(1.0, -kept_with_text[text])] if kept_with_text[text] >= 0 else []
-            near += [(similarity, -kept_with_text[other]) for other, similarity in similar.get(text, ()) if kept_with_text[other] >= 0]
-            if near:
-                similarity, twin = max(near)
-                twin, detail = int(-twin), f" (Jaccard {similarity:.2f})"
+            twin_text, similarity = _nearest_kept_text(text, similar, kept_with_text, merged_into, grams, config.threshold)
+            if twin_text is not None:
+                twin, detail = kept_with_text[twin_text], f" (Jaccard {similarity:.2f})"
+                merged_into[text] = twin_text
         if twin is not None:
             original = records[twin].provenance
             duplicates.append(Rejected("near_duplicate" if detail else "exact_duplicate", rec.provenance,
@@ -162,30 +170,71 @@ def dedup(records: list[Conversation], config: DedupConfig = DedupConfig()) -> D
     return DedupResult([records[i] for i in kept_ids], duplicates, hashes[kept_ids] if hashes is not None else None)
 
 
+def _nearest_kept_text(text: int, similar: dict, kept_with_text: list[int], merged_into: list[int], grams,
+                       threshold: float) -> tuple[int | None, float]:
+    """The kept text most similar to ``text`` (Jaccard >= threshold) and the similarity, or (None, 0.0).
+
+    Candidates are its similar texts that are kept and, for those that were merged as near duplicates, the
+    kept texts they joined (checked exactly here): pairs are listed only between nearby members of a bucket,
+    so in a run of near-identical records most pairs are with records that are duplicates themselves."""
+    if kept_with_text[text] >= 0:
+        return text, 1.0
+    best, best_similarity, joined = None, 0.0, set()
+    for other, similarity in similar.get(text, ()):
+        if kept_with_text[other] >= 0:
+            if (similarity, -kept_with_text[other]) > (best_similarity, -kept_with_text[best] if best is not None else 1):
+                best, best_similarity = other, similarity
+        elif merged_into[other] >= 0:
+            joined.add(merged_into[other])
+    mine = grams(text)
+    for other in joined - ({best} if best is not None else set()):
+        theirs = grams(other)
+        similarity = len(mine & theirs) / len(mine | theirs)
+        if similarity >= threshold and (similarity, -kept_with_text[other]) > (best_similarity, -kept_with_text[best] if best is not None else 1):
+            best, best_similarity = other, similarity
+    return best, best_similarity
+
+
 def similar_pairs(texts: list[str], hashes: np.ndarray, config: DedupConfig) -> dict[int, list[tuple[int, float]]]:
     """Per canonical text (``canonical_text``; ``hashes`` has its MinHash row), the other texts whose character
     n-gram Jaccard similarity with it is >= ``config.threshold``, with the similarity.
 
-    Only pairs that share an LSH bucket (banded for ``config.candidate_threshold``) and whose MinHash agreement
-    is within ``VERIFY_MARGIN`` of the threshold are compared exactly.
+    Only pairs that share an LSH bucket (banded for ``config.candidate_threshold``) are considered. A pair whose
+    MinHash agreement is more than ``VERIFY_MARGIN`` below the threshold is ruled out and one more than that
+    above it is ruled in (its agreement stands for the similarity); only the pairs in between, where the
+    estimate could be wrong, are compared exactly.
     """
     ids = band_ids(hashes, config.candidate_threshold, config.num_perm)
-    pairs = _distinct_pairs([pairs[_agreement(hashes, pairs) >= config.threshold - VERIFY_MARGIN] for pairs in bucket_pairs(ids)],
-                            len(ids))
-    grams = functools.lru_cache(maxsize=1 << 15)(lambda index: canonical_shingles(texts[index], config.ngram))  # pairs come sorted
+    low, high = config.threshold - VERIFY_MARGIN, config.threshold + VERIFY_MARGIN
+    kept = []
+    for pairs in bucket_pairs(ids):
+        agreement = _agreement(hashes, pairs)
+        keep = agreement >= low
+        kept.append((pairs[keep], agreement[keep]))
+    pairs = np.concatenate([p for p, _ in kept]) if kept else np.empty((0, 2), dtype=np.int64)
+    agreement = np.concatenate([a for _, a in kept]) if kept else np.empty(0)
+    keys = pairs[:, 0] * len(ids) + pairs[:, 1]
+    order = np.argsort(keys, kind="stable")  # np.unique's hash table is several times slower on millions of keys
+    first = order[np.r_[True, keys[order][1:] != keys[order][:-1]]] if len(keys) else order
+    keys = keys[first]
+    grams = functools.lru_cache(maxsize=1 << 12)(lambda index: canonical_shingles(texts[index], config.ngram))
     similar: dict[int, list[tuple[int, float]]] = {}
-    for left, right in pairs.tolist():
-        mine, theirs = grams(left), grams(right)
-        similarity = len(mine & theirs) / len(mine | theirs)
-        if similarity >= config.threshold:
-            similar.setdefault(left, []).append((right, similarity))
-            similar.setdefault(right, []).append((left, similarity))
+    for key, estimate in zip(keys.tolist(), agreement[first].tolist()):
+        left, right = divmod(key, len(ids))
+        if estimate < high:
+            mine, theirs = grams(left), grams(right)
+            estimate = len(mine & theirs) / len(mine | theirs)
+            if estimate < config.threshold:
+                continue
+        similar.setdefault(left, []).append((right, estimate))
+        similar.setdefault(right, []).append((left, estimate))
     return similar
 
 
 def bucket_pairs(ids: np.ndarray) -> Iterator[np.ndarray]:
-    """The pairs of records (rows i < j) that share a bucket id of ``band_ids``, in batches; a pair that shares
-    several buckets may come more than once. Batches, not one array: templated data has millions of pairs."""
+    """The pairs of rows (i < j) that share a bucket id of ``band_ids`` and lie at most ``BUCKET_NEIGHBOURS``
+    apart in it, in batches; a pair that shares several buckets may come more than once. All pairs of a bucket
+    grew quadratically: 2,000 near-identical questions (我今年{i}岁，…) are 2 million pairs."""
     flat = ids.reshape(-1)
     order = np.argsort(flat, kind="stable")
     members = np.repeat(np.arange(len(ids)), ids.shape[1])[order]
@@ -193,7 +242,7 @@ def bucket_pairs(ids: np.ndarray) -> Iterator[np.ndarray]:
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
     ends = np.repeat(np.r_[starts[1:], len(flat)], np.diff(np.r_[starts, len(flat)]))  # each position's bucket end
     position, offset = np.arange(len(flat)), 1
-    while True:  # pair each position with the one `offset` further on in its bucket
+    while offset <= BUCKET_NEIGHBOURS:  # pair each position with the one `offset` further on in its bucket
         position = position[position + offset < ends[position]]
         if not len(position):
             return
@@ -201,14 +250,6 @@ def bucket_pairs(ids: np.ndarray) -> Iterator[np.ndarray]:
             pair = np.stack([members[batch], members[batch + offset]], axis=1)
             yield np.sort(pair, axis=1)
         offset += 1
-
-
-def _distinct_pairs(batches: list[np.ndarray], count: int) -> np.ndarray:
-    """The distinct rows of the (i, j) pair batches, sorted (as one int64 key a pair: np.unique(axis=0) and
-    np.unique's hash table are several times slower on millions of pairs)."""
-    keys = np.sort(np.concatenate([pairs[:, 0] * count + pairs[:, 1] for pairs in batches] or [np.empty(0, np.int64)]))
-    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
-    return np.stack([keys // count, keys % count], axis=1)
 
 
 def _agreement(matrix: np.ndarray, pairs: np.ndarray) -> np.ndarray:

@@ -71,8 +71,12 @@ def all_or_nothing() -> Iterator[None]:
             Path(tmp_name).unlink(missing_ok=True)
         raise
     else:
-        for tmp_name, path in _staged.renames:
-            os.replace(tmp_name, path)
+        try:
+            for tmp_name, path in _staged.renames:
+                os.replace(tmp_name, path)
+        finally:  # a rename that fails (a folder in the way) leaves no temp file behind
+            for tmp_name, _ in _staged.renames:
+                Path(tmp_name).unlink(missing_ok=True)
     finally:
         _staged.renames = None
 

@@ -183,6 +183,25 @@ def test_personal_data_is_scrubbed_from_system_prompts_and_from_rejected_rows(tm
     assert [r["reason"] for r in rejected] == ["too_short"] and "帮我看看" in rejected[0]["raw"]
 
 
+def test_a_long_run_of_near_identical_questions_is_merged_into_its_first_in_linear_work():
+    """5,000 questions that differ by a number share every LSH bucket: comparing all pairs is 12.5 million
+    comparisons (the first exact-Jaccard version took ~15 s for 2,000). Each is merged into a kept question it
+    really is >= 0.7 similar to, and near-identical questions are not all kept."""
+    from prep.dedup import canonical_shingles, canonical_text
+
+    question = lambda i: f"我今年{i}岁，最近工作压力很大，晚上总是睡不着，白天也没精神，我该怎么办？"
+    records = [Conversation([Turn("user", question(i)), Turn("assistant", "先照顾好自己。")], Provenance("run.jsonl", f"line {i + 1}"))
+               for i in range(5000)]
+    result = dedup(records)
+    assert len(result.kept) <= 5 and len(result.kept) + len(result.duplicates) == 5000
+    by_location = {r.provenance.location: r.first_question for r in records}
+    grams = lambda text: canonical_shingles(canonical_text(text), 2)
+    for duplicate in result.duplicates[::97]:
+        twin = by_location[duplicate.detail.split("run.jsonl ")[1].split(" (")[0]]
+        mine, theirs = grams(duplicate.raw), grams(twin)
+        assert len(mine & theirs) / len(mine | theirs) >= 0.7
+
+
 def test_cli_bad_input_is_one_sentence_and_nonzero_exit(tmp_path):
     bad = tmp_path / "photo.csv"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)

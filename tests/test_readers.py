@@ -120,6 +120,8 @@ def test_jsonl_lines_break_only_at_newlines_and_openai_content_parts_are_text(tm
     assert found[0].first_question == "第一行\u2028第二行" and found[0].final_answer == "段落一\u2029段落二"
     assert found[1].first_question == "我很焦虑\n怎么办"
     assert found[2].provenance.location == "line 3" and "image_url" in found[2].detail
+    path.write_text("\r".join(json.dumps(item, ensure_ascii=False) for item in items[:2]), encoding="utf-8")  # old Mac endings
+    assert [type(item).__name__ for item in read_path(path)] == ["Conversation", "Conversation"]
 
 
 @pytest.mark.parametrize(

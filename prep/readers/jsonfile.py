@@ -7,6 +7,7 @@ line and column; a malformed line in a ``.jsonl`` file is a rejected row.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,10 +35,13 @@ def _role(name: object) -> str:
     raise ShapeError(f"unknown role '{name}'")
 
 
+TEXT_PARTS = ("text", "input_text", "output_text")  # Chat Completions, and Responses API exports
+
+
 def _content_text(content: object) -> str:
     """A message's text: a string, or an OpenAI content-part list whose text parts are joined."""
     if isinstance(content, list):
-        if not all(isinstance(part, dict) and part.get("type") == "text" for part in content):
+        if not all(isinstance(part, dict) and part.get("type") in TEXT_PARTS for part in content):
             kinds = sorted({str(part.get("type")) if isinstance(part, dict) else type(part).__name__ for part in content})
             raise ShapeError(f"a message has content parts other than text ({', '.join(kinds)})")
         return "\n".join(str(part.get("text") or "").strip() for part in content).strip()
@@ -152,7 +156,7 @@ def read_jsonl(path: Path, origin: str = "labelled") -> Iterator[Conversation | 
     journal: list[tuple[int, dict]] = []
     # "\n" only: str.splitlines() also breaks at U+2028, U+2029 and U+0085, which json.dumps(ensure_ascii=False)
     # and orjson leave unescaped inside strings, so one record would become two malformed halves.
-    for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+    for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
         if not line.strip():
             continue
         provenance = Provenance(str(path), f"line {number}", origin=origin)
