@@ -140,8 +140,8 @@ def dedup(records: list[Conversation], config: DedupConfig = DedupConfig()) -> D
         firsts = np.zeros(len(ids), dtype=np.int64)
         firsts[text_of[::-1]] = np.arange(len(records))[::-1]  # the first record of each distinct text
         texts = list(ids)
-        similar = similar_pairs(texts, hashes[firsts], config)
         grams = functools.lru_cache(maxsize=1 << 12)(lambda text: canonical_shingles(texts[text], config.ngram))
+        similar = similar_pairs(grams, hashes[firsts], config)
         kept_with_text = [-1] * len(ids)  # per distinct user text, the record kept with it (at most one)
         merged_into = [-1] * len(ids)  # per distinct user text of a near duplicate, the kept text it joined
     seen: dict[str, int] = {}
@@ -195,8 +195,8 @@ def _nearest_kept_text(text: int, similar: dict, kept_with_text: list[int], merg
     return best, best_similarity
 
 
-def similar_pairs(texts: list[str], hashes: np.ndarray, config: DedupConfig) -> dict[int, list[tuple[int, float]]]:
-    """Per canonical text (``canonical_text``; ``hashes`` has its MinHash row), the other texts whose character
+def similar_pairs(grams, hashes: np.ndarray, config: DedupConfig) -> dict[int, list[tuple[int, float]]]:
+    """Per text (``grams(text)`` gives its n-grams, ``hashes`` its MinHash row), the other texts whose character
     n-gram Jaccard similarity with it is >= ``config.threshold``, with the similarity.
 
     Only pairs that share an LSH bucket (banded for ``config.candidate_threshold``) are considered. A pair whose
@@ -217,7 +217,6 @@ def similar_pairs(texts: list[str], hashes: np.ndarray, config: DedupConfig) -> 
     order = np.argsort(keys, kind="stable")  # np.unique's hash table is several times slower on millions of keys
     first = order[np.r_[True, keys[order][1:] != keys[order][:-1]]] if len(keys) else order
     keys = keys[first]
-    grams = functools.lru_cache(maxsize=1 << 12)(lambda index: canonical_shingles(texts[index], config.ngram))
     similar: dict[int, list[tuple[int, float]]] = {}
     for key, estimate in zip(keys.tolist(), agreement[first].tolist()):
         left, right = divmod(key, len(ids))
@@ -235,13 +234,10 @@ def bucket_pairs(ids: np.ndarray) -> Iterator[np.ndarray]:
     """The pairs of rows (i < j) that share a bucket id of ``band_ids`` and lie at most ``BUCKET_NEIGHBOURS``
     apart in it, in batches; a pair that shares several buckets may come more than once. All pairs of a bucket
     grew quadratically: 2,000 near-identical questions (我今年{i}岁，…) are 2 million pairs."""
-    flat = ids.reshape(-1)
-    order = np.argsort(flat, kind="stable")
-    members = np.repeat(np.arange(len(ids)), ids.shape[1])[order]
-    bucket = flat[order]
-    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
-    ends = np.repeat(np.r_[starts[1:], len(flat)], np.diff(np.r_[starts, len(flat)]))  # each position's bucket end
-    position, offset = np.arange(len(flat)), 1
+    members, opens = _by_bucket(ids)
+    starts = np.flatnonzero(opens)
+    ends = np.repeat(np.r_[starts[1:], len(members)], np.diff(np.r_[starts, len(members)]))  # each position's bucket end
+    position, offset = np.arange(len(members)), 1
     while offset <= BUCKET_NEIGHBOURS:  # pair each position with the one `offset` further on in its bucket
         position = position[position + offset < ends[position]]
         if not len(position):
@@ -250,6 +246,15 @@ def bucket_pairs(ids: np.ndarray) -> Iterator[np.ndarray]:
             pair = np.stack([members[batch], members[batch + offset]], axis=1)
             yield np.sort(pair, axis=1)
         offset += 1
+
+
+def _by_bucket(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``band_ids`` listed bucket by bucket (a row once per bucket it is in), and where each
+    bucket's run opens (True at its first position)."""
+    flat = ids.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    members = np.repeat(np.arange(len(ids)), ids.shape[1])[order]
+    return members, np.r_[True, flat[order][1:] != flat[order][:-1]]
 
 
 def _agreement(matrix: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -274,11 +279,8 @@ def near_groups(matrix: np.ndarray, threshold: float, num_perm: int) -> list[int
     from scipy.sparse.csgraph import connected_components
 
     count = len(matrix)
-    ids = band_ids(matrix, threshold, num_perm).reshape(-1)
-    order = np.argsort(ids, kind="stable")
-    members = np.repeat(np.arange(count), ids.size // count)[order]
-    starts = np.r_[True, ids[order][1:] != ids[order][:-1]]
-    heads = members[np.maximum.accumulate(np.where(starts, np.arange(ids.size), 0))]
+    members, opens = _by_bucket(band_ids(matrix, threshold, num_perm))
+    heads = members[np.maximum.accumulate(np.where(opens, np.arange(len(members)), 0))]
     pairs = np.unique(np.stack([heads, members], axis=1)[heads != members], axis=0)
     similar = _agreement(matrix, pairs) >= threshold
     left, right = pairs[similar, 0], pairs[similar, 1]

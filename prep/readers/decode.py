@@ -77,20 +77,12 @@ def _refuse_mixed_utf8(path: Path, data: bytes) -> None:
     """A file whose non-ASCII lines are mostly UTF-8 but not all (rows pasted from a GBK file) would decode as
     GB18030 mojibake: stop and name the first line that is not UTF-8."""
     lines = data.split(b"\n")
-    utf8 = [_is_utf8(line) for line in lines]
+    utf8 = [_strict(line, "utf-8") is not None for line in lines]
     non_ascii_utf8 = sum(ok and not line.isascii() for ok, line in zip(utf8, lines))
     foreign = [number for number, ok in enumerate(utf8, start=1) if not ok]
     if non_ascii_utf8 > len(foreign):
         raise PrepError(f"{path}: line {foreign[0]} is not UTF-8 although most lines are ({len(foreign)} lines are not); "
                         "expected one encoding for the whole file (save it again as UTF-8).")
-
-
-def _is_utf8(line: bytes) -> bool:
-    try:
-        line.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
 
 
 def _decode(path: Path, data: bytes, encoding: str) -> str:

@@ -50,7 +50,8 @@ def _load_frames(path: Path) -> list[tuple[str | None, pd.DataFrame]]:
         raise PrepError(f"{path}: the file is empty; expected a header row with question and answer columns.") from None
 
 
-def _resolve_columns(path: Path, frame: pd.DataFrame) -> dict[str, str]:
+def _find_columns(frame: pd.DataFrame) -> dict[str, str] | None:
+    """Canonical column name -> the frame's column, for the aliases found; None when there is nothing to read."""
     by_lower = {str(col).strip().lower(): col for col in frame.columns}
     found = {}
     for canonical, aliases in COLUMN_ALIASES.items():
@@ -58,7 +59,12 @@ def _resolve_columns(path: Path, frame: pd.DataFrame) -> dict[str, str]:
             if alias in by_lower:
                 found[canonical] = by_lower[alias]
                 break
-    if not ({"question", "answer"} <= found.keys() or "text" in found):
+    return found if {"question", "answer"} <= found.keys() or "text" in found else None
+
+
+def _resolve_columns(path: Path, frame: pd.DataFrame) -> dict[str, str]:
+    found = _find_columns(frame)
+    if found is None:
         columns = ", ".join(map(str, frame.columns)) or "none"
         raise PrepError(
             f"{path}: no question/answer columns (found: {columns}); expected question/instruction/问题 "
@@ -73,30 +79,20 @@ def read_table(path: Path, origin: str = "labelled") -> Iterator[Conversation | 
     Every sheet of a workbook is read ("sheet NAME row N" when there are several). A non-empty sheet without
     question/answer columns is one rejected row that says so, unless no sheet has them (then the file is an error).
     """
-    sheets = [(name, frame) for name, frame in _load_frames(path) if name is None or len(frame.columns)]  # not blank sheets
-    usable = {name for name, frame in sheets if _has_columns(frame)}
-    if not usable:
+    sheets = [(name, frame, _find_columns(frame)) for name, frame in _load_frames(path) if name is None or len(frame.columns)]
+    if not any(columns for _, _, columns in sheets):  # blank sheets are left out above
         _resolve_columns(path, sheets[0][1] if sheets else pd.DataFrame())  # raises the one-sentence error
-    for name, frame in sheets:
+    for name, frame, columns in sheets:
         where = f"sheet {name} " if len(sheets) > 1 else ""
-        if name not in usable:
-            columns = ", ".join(map(str, frame.columns)) or "none"
+        if columns is None:
+            found = ", ".join(map(str, frame.columns)) or "none"
             yield Rejected("sheet_without_columns", Provenance(str(path), f"sheet {name}", origin=origin),
-                           detail=f"no question/answer or text columns (found: {columns}); {len(frame)} rows not read")
+                           detail=f"no question/answer or text columns (found: {found}); {len(frame)} rows not read")
             continue
-        yield from _read_frame(path, frame, where, origin)
+        yield from _read_frame(path, frame, columns, where, origin)
 
 
-def _has_columns(frame: pd.DataFrame) -> bool:
-    try:
-        _resolve_columns(Path(), frame)
-        return True
-    except PrepError:
-        return False
-
-
-def _read_frame(path: Path, frame: pd.DataFrame, where: str, origin: str) -> Iterator[Conversation | Rejected]:
-    columns = _resolve_columns(path, frame)
+def _read_frame(path: Path, frame: pd.DataFrame, columns: dict[str, str], where: str, origin: str) -> Iterator[Conversation | Rejected]:
     for index, row in enumerate(frame.to_dict("records"), start=2):
         cell = {key: str(row[col]).strip() for key, col in columns.items()}
         provenance = Provenance(str(path), f"{where}row {index}", origin=origin, annotator=cell.get("annotator") or None)
