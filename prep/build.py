@@ -130,7 +130,7 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
     train, test = split(kept, options.test_size, options.seed, groups)
     if len(kept) + len(deduped.duplicates) + len(state.rejected) != rows_in:
         raise AssertionError("accounting invariant broken: rows_in != kept + duplicates + rejected")
-    kept_tokens = _token_counts(kept, options.tokenizer, options.system)
+    kept_tokens = [rec.meta["tokens"] for rec in kept] if tokens is not None else None  # counted by token_limit
     report = _report(options, inputs, rows_in, kept, deduped.duplicates, state, train, test, agreement.stats, kept_tokens)
     warning = share_warning(len(kept), len(test), options.test_size, groups)
     report["warnings"] = [warning] if warning else []

@@ -130,13 +130,14 @@ def validate(records: list[Conversation], limits: Limits = Limits()) -> StepResu
 
 
 def token_limit(records: list[Conversation], token_counts: list[int], cutoff_len: int) -> StepResult:
-    """Reject conversations longer than ``cutoff_len`` tokens: LLaMA-Factory would silently cut them."""
+    """Reject conversations longer than ``cutoff_len`` tokens: LLaMA-Factory would silently cut them. Kept ones
+    carry their count (``meta["tokens"]``) for the report."""
     result = StepResult([])
     for rec, count in zip(records, token_counts):
         if count > cutoff_len:
             result.rejected.append(Rejected("too_many_tokens", rec.provenance, detail=f"{count} tokens (cutoff_len {cutoff_len})", raw=rec.first_question[:500]))
         else:
-            result.kept.append(rec)
+            result.kept.append(replace(rec, meta={**rec.meta, "tokens": count}))
     return result
 
 
