@@ -31,6 +31,10 @@ REJECT_WORDS = {"reject", "0", "no", "n", "false", "删除", "删", "否", "拒�
 def verdict_of(value: str | None) -> str | None:
     """Map a free-form keep/reject cell onto "keep", "reject" or None."""
     word = (value or "").strip().lower()
+    try:  # a number from JSON or a spreadsheet: 1, 1.0 keep; 0, 0.0 reject
+        word = {1.0: "1", 0.0: "0"}.get(float(word), word)
+    except ValueError:
+        pass
     return "keep" if word in KEEP_WORDS else "reject" if word in REJECT_WORDS else None
 
 

@@ -41,11 +41,11 @@ _KEEP_FULLWIDTH = {chr(c) for c in range(0xFF01, 0xFF5F)} - {chr(c) for c in ran
 _ZERO_WIDTH = re.compile(r"[\u200b-\u200f\u2060\ufeff]")
 _LEFTOVER_TAGS = re.compile(r"</?s>|<\|(?:begin_of_text|end_of_text|eot_id|start_header_id|end_header_id|im_start|im_end)\|>|\[/?INST\]")
 _ROLE_PREFIX = re.compile(r"^\s*(?:\*\*|__)?(?:Assistant|Human|回答|答|回复|问题|问|A|Q)(?:\*\*|__)?\s*[:：]\s*(?:\*\*|__)?\s*", re.IGNORECASE)
-# A teacher's "as an AI" opener, only where it is one (followed by a comma or by 我 / I): 作为AI工程师 and
-# "as an aid" are not, and user turns are never touched.
+# A teacher's "as an AI" opener, only where it is one (opening a sentence and followed by a comma or by 我 / I):
+# 作为AI工程师, "as an aid" and "Speaking as an AI, I" are not, and user turns are never touched.
 _AI_DISCLAIMER = re.compile(
-    r"(?:作为|身为)(?:一[个名位])?(?:AI语言模型|AI助手|人工智能(?:语言)?(?:模型|助手)|语言模型|人工智能|AI)(?:[，,]|(?=我))"
-    r"|\bAs an AI(?: language model| assistant)?(?:,\s*|\s+(?=I\b))",
+    r"(?:^|(?<=[。！？!?.;；\n]))[ \t]*(?:(?:作为|身为)(?:一[个名位])?(?:AI语言模型|AI助手|人工智能(?:语言)?(?:模型|助手)|语言模型|人工智能|AI)(?:[，,]|(?=我))"
+    r"|As an AI(?: language model| assistant)?(?:,\s*|\s+(?=I\b)))",
     re.IGNORECASE,
 )
 _SPACES = re.compile(r"[ \t\u3000]+")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import write_csv
-from prep.agreement import cohen_kappa, fleiss_kappa, resolve
+from prep.agreement import cohen_kappa, fleiss_kappa, resolve, verdict_of
 from prep.build import BuildOptions, build
 from prep.records import Conversation, Provenance, Turn
 
@@ -93,3 +93,9 @@ def test_json_labels_count_and_dialogues_are_compared_whole(tmp_path):
     path.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
     report = build([path], BuildOptions(name="j", dataset_dir=tmp_path, test_size=0.0))
     assert report["kept"] == 2 and report["rejected_by_reason"] == {"annotator_rejected": 2}
+
+
+def test_numeric_json_verdicts_are_keep_and_reject_words():
+    """JSON writes a spreadsheet's 1 as 1.0 and a checkbox as true: they were unknown_verdict, and the row dropped."""
+    assert [verdict_of(value) for value in ("1.0", "1", "True", "0.0", "0", "False")] == ["keep"] * 3 + ["reject"] * 3
+    assert verdict_of("2") is None and verdict_of("nan") is None

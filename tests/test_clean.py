@@ -22,6 +22,7 @@ def test_normalise_leaves_what_chinese_writes_on_purpose_and_what_users_say():
     assert clean.normalise_text(answer, answer=True) == answer
     assert clean.normalise_text("作为AI工程师，我每天加班到半夜", answer=True) == "作为AI工程师，我每天加班到半夜"
     assert clean.normalise_text("作为一个AI助手我理解你。As an AI, I care.", answer=True) == "我理解你。I care."
+    assert clean.normalise_text("Speaking as an AI, I would say no.", answer=True) == "Speaking as an AI, I would say no."
     result = clean.normalise([conv("作为人工智能，你会怎么看我？", "作为一个AI语言模型，我会认真听你说。")])
     assert [t.content for t in result.kept[0].turns] == ["作为人工智能，你会怎么看我？", "我会认真听你说。"]
 

@@ -34,6 +34,27 @@ def test_tsv_with_crlf_quoted_multiline_and_chinese_headers(tmp_path):
     assert records[1].final_answer == "回答二" and records[1].provenance.annotator == "李四"
 
 
+def test_tsv_quotes_inside_text_are_kept_and_a_stray_quote_swallows_no_rows(tmp_path):
+    """A hand-written TSV means its quotes literally: "躺平" lost them, and an unmatched quote merged every row after
+    it into one cell. A cell wholly in Excel's quotes is still unquoted."""
+    path = tmp_path / "qa.tsv"
+    path.write_text('问题\t回答\n"躺平"是什么意思？\t一种生活态度。\n他说"我不行\t先听他说完。\n'
+                    '失眠怎么办\t"试试""4-7-8""呼吸法"\n\n最后一个问题\t最后的回答\n', encoding="utf-8")
+    records = conversations(path)
+    assert [(r.first_question, r.final_answer) for r in records] == [
+        ('"躺平"是什么意思？', "一种生活态度。"), ('他说"我不行', "先听他说完。"),
+        ("失眠怎么办", '试试"4-7-8"呼吸法'), ("最后一个问题", "最后的回答")]
+    assert [r.provenance.location for r in records] == ["row 2", "row 3", "row 4", "row 6"]
+
+
+def test_row_numbers_after_a_blank_line_match_the_spreadsheet_and_blank_rows_are_not_rejections(tmp_path):
+    path = write_csv(tmp_path / "qa.csv", ROWS)
+    path.write_text(path.read_text(encoding="utf-8").replace("\n", "\n\n,,\n", 1) + "我和父母吵架,试着沟通,人际\n", encoding="utf-8")
+    items = list(read_path(path))
+    assert all(isinstance(item, Conversation) for item in items)
+    assert [item.provenance.location for item in items] == ["row 4", "row 5", "row 6"]
+
+
 def test_big5_is_read_as_big5_and_a_file_utf8_but_for_some_lines_is_refused(tmp_path):
     """GB18030 decodes almost any bytes, so a Big5 file (Traditional Chinese) came out as mojibake (и程…) and was
     trained on; rows pasted from a GBK file into a UTF-8 one turned the UTF-8 rows into mojibake (鎴戞渶…)."""

@@ -8,6 +8,7 @@ possibly multi-turn).
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,12 +43,41 @@ def _load_frames(path: Path) -> list[tuple[str | None, pd.DataFrame]]:
             raise PrepError(f"{path}: not a readable {suffix[1:].upper()} workbook ({type(err).__name__}); expected an Excel file saved by Excel or LibreOffice.") from None
         return list(sheets.items())
     text = read_text_file(path)
-    try:
-        return [(None, pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False))]
+    if suffix == ".tsv" and (frame := _plain_tsv(text)) is not None:
+        return [(None, frame)]
+    try:  # blank lines kept, so row numbers match what a spreadsheet shows; _read_frame skips blank rows
+        return [(None, pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str,
+                                   keep_default_na=False, skip_blank_lines=False))]
     except pd.errors.ParserError as err:
         raise PrepError(f"{path}: malformed {suffix[1:].upper()} ({err}).") from None
     except pd.errors.EmptyDataError:
         raise PrepError(f"{path}: the file is empty; expected a header row with question and answer columns.") from None
+
+
+_EXCEL_QUOTED = re.compile(r'"((?:[^"]|"")*)"', re.DOTALL)
+
+
+def _plain_tsv(text: str) -> pd.DataFrame | None:
+    """A TSV in which every line is one row (as many tabs as the header), read with quotes taken literally, as a
+    hand-written or database-exported TSV means them: ``"躺平"是什么意思？`` keeps its quotes and a stray quote
+    cannot swallow the rows after it. Only a cell wholly in Excel's quotes, inner quotes doubled, is unquoted.
+    None when some line has another number of cells: Excel's quoted multi-line cells, read by the CSV parser."""
+    lines = text.split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        return None
+    width = lines[0].count("\t")
+    if any(line.count("\t") != width for line in lines if line.strip()):
+        return None
+    rows = [[_unquote(cell) for cell in line.split("\t")] if line.strip() else [""] * (width + 1) for line in lines]
+    header = [name.strip() for name in rows[0]]
+    return pd.DataFrame(rows[1:], columns=header, dtype=str)
+
+
+def _unquote(cell: str) -> str:
+    match = _EXCEL_QUOTED.fullmatch(cell.strip())
+    return match.group(1).replace('""', '"') if match else cell
 
 
 def _find_columns(frame: pd.DataFrame) -> dict[str, str] | None:
@@ -94,6 +124,8 @@ def read_table(path: Path, origin: str = "labelled") -> Iterator[Conversation | 
 
 def _read_frame(path: Path, frame: pd.DataFrame, columns: dict[str, str], where: str, origin: str) -> Iterator[Conversation | Rejected]:
     for index, row in enumerate(frame.to_dict("records"), start=2):
+        if not any(str(value).strip() for value in row.values()):
+            continue  # a blank line or an empty spreadsheet row: no data, but it keeps its row number
         cell = {key: str(row[col]).strip() for key, col in columns.items()}
         provenance = Provenance(str(path), f"{where}row {index}", origin=origin, annotator=cell.get("annotator") or None)
         extra = {"category": cell.get("category") or None, "record_id": cell.get("id") or None,
