@@ -31,7 +31,7 @@ from prep.prompts import DEFAULT_SYSTEM_PROMPT
 from prep.readers import read_path, supported_files
 from prep.records import Conversation, Rejected
 from prep.report import length_stats, render_markdown, write_histogram
-from prep.split import share_warning, split
+from prep.split import share_warning, split, split_groups
 from prep.writers import load_registry, register, registry_entries, to_alpaca, to_sharegpt, write_json_list, write_jsonl
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -126,7 +126,8 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
     deduped = dedup(state.records, options.dedup)
     kept = deduped.kept
     hashes = deduped.kept_hashes
-    groups = near_groups(hashes, options.dedup.split_threshold, options.dedup.num_perm) if hashes is not None and len(hashes) else None
+    near = near_groups(hashes, options.dedup.split_threshold, options.dedup.num_perm) if hashes is not None and len(hashes) else None
+    groups = split_groups(kept, near)
     train, test = split(kept, options.test_size, options.seed, groups)
     if len(kept) + len(deduped.duplicates) + len(state.rejected) != rows_in:
         raise AssertionError("accounting invariant broken: rows_in != kept + duplicates + rejected")

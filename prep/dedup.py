@@ -275,17 +275,20 @@ def near_groups(matrix: np.ndarray, threshold: float, num_perm: int) -> list[int
     11% of the time, and 66,537 synthetic questions fell into one cluster, which put every
     record on the same side of the split.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    count = len(matrix)
     members, opens = _by_bucket(band_ids(matrix, threshold, num_perm))
     heads = members[np.maximum.accumulate(np.where(opens, np.arange(len(members)), 0))]
     pairs = np.unique(np.stack([heads, members], axis=1)[heads != members], axis=0)
-    similar = _agreement(matrix, pairs) >= threshold
-    left, right = pairs[similar, 0], pairs[similar, 1]
-    graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(count, count))
+    return first_members(len(matrix), pairs[_agreement(matrix, pairs) >= threshold])
+
+
+def first_members(count: int, pairs: np.ndarray) -> list[int]:
+    """Per item of ``count``, the smallest index of its connected component under the (i, j) ``pairs``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(count, count))
     _, labels = connected_components(graph, directed=False)
-    first = np.full(labels.max() + 1, count, dtype=np.int64)
+    first = np.full(labels.max() + 1 if count else 0, count, dtype=np.int64)
     np.minimum.at(first, labels, np.arange(count))
     return first[labels].tolist()

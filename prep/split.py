@@ -1,17 +1,23 @@
-"""Deterministic train/test split by a stable hash and a seed, paraphrases kept together.
+"""Deterministic train/test split by a stable hash and a seed, paraphrases and shared turns kept together.
 
-A record's side is fixed by the canonical question of its near-duplicate
-cluster's first member, so paraphrases that survived dedup still land on the
-same side and test questions do not leak into training.
+A record's side is fixed by the canonical user text of its group's first member.
+A group joins near duplicates (paraphrases that survived dedup) and dialogues
+that share a user turn, so neither a test question nor a later turn of a test
+dialogue is trained on.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import Counter, defaultdict
 
-from prep.dedup import canonical_text
+from prep.dedup import canonical_text, first_members
 from prep.records import Conversation
+
+# A user turn links the dialogues it appears in when it says something (this many characters, canonical) and is
+# not a pleasantry that many dialogues share (谢谢，我会试试的): those would chain unrelated dialogues together.
+MIN_SHARED_TURN_CHARS = 6
+MAX_SHARED_TURN_RECORDS = 10
 
 
 def split_bucket(key: str, seed: int) -> float:
@@ -20,11 +26,29 @@ def split_bucket(key: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def split_groups(records: list[Conversation], near: list[int] | None = None) -> list[int]:
+    """Per record, the index of its group's first member: ``near`` clusters (``near[i]`` is record i's cluster
+    representative) joined with the dialogues that share a user turn."""
+    by_turn: dict[str, set[int]] = defaultdict(set)
+    for index, rec in enumerate(records):
+        for turn in rec.turns:
+            text = canonical_text(turn.content) if turn.role == "user" else ""
+            if len(text) >= MIN_SHARED_TURN_CHARS:
+                by_turn[text].add(index)
+    pairs = [(index, rep) for index, rep in enumerate(near or []) if rep != index]
+    for members in by_turn.values():
+        if 1 < len(members) <= MAX_SHARED_TURN_RECORDS:
+            first, *others = sorted(members)
+            pairs += [(first, other) for other in others]
+    return first_members(len(records), pairs)
+
+
 def split(records: list[Conversation], test_size: float, seed: int, groups: list[int] | None = None) -> tuple[list[Conversation], list[Conversation]]:
-    """Return (train, test). ``groups[i]`` is the index of record i's cluster representative."""
+    """Return (train, test). ``groups[i]`` is the index of record i's group's first member (see
+    :func:`split_groups`); without it, each record is its own group."""
     train, test = [], []
     for index, rec in enumerate(records):
-        key = records[groups[index]].first_question if groups else rec.first_question
+        key = records[groups[index]].user_text() if groups else rec.user_text()
         (test if split_bucket(key, seed) < test_size else train).append(rec)
     return train, test
 

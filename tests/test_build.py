@@ -269,6 +269,38 @@ def test_split_keeps_the_test_share_when_questions_share_sentence_frames(tmp_pat
     assert 0.12 <= report["test"] / report["kept"] <= 0.4, (report["test"], report["kept"])
 
 
+def test_multi_turn_dialogues_split_by_what_they_say_and_a_shared_question_stays_on_one_side(tmp_path):
+    """Dialogues were keyed on their first question, so every dialogue opening with 你好 went to one side, and a
+    test question could be trained on as a later turn of a training dialogue. A pleasantry every dialogue shares
+    (谢谢你，我会试试的) must not chain them all together either."""
+    concerns = ["下周就要期末考试了，我一翻书就心慌手抖", "连续三个月凌晨三点才睡着，白天头昏脑涨",
+                "项目截止日期太紧，老板天天催进度", "室友半夜打游戏吵得我没法休息", "谈了五年的女朋友突然提出分手",
+                "开会时被领导当众批评方案写得差", "投了两百份简历都没有收到面试通知", "爸妈上个月办完了离婚手续",
+                "一到人多的聚会场合就紧张得说不出话", "论文拖到最后一天才开始动笔写", "儿子上初中以后完全不听我的话",
+                "婆婆总是插手我们怎么带孩子", "男朋友在国外读书，时差让我们越来越少联系", "好朋友误以为我在背后说她坏话",
+                "第二次考研还是差三分没过线", "房贷加上车贷压得喘不过气来", "养了十二年的猫上周去世了",
+                "在网上发了一条视频被很多人骂", "每周加班到深夜，周末也要回消息", "毕业两年了还不知道自己想做什么",
+                "总觉得自己做什么都不如别人好", "新来的同事几个人抱团孤立我", "外婆住院检查出了不好的结果", "辞职开的奶茶店半年就倒闭了"]
+    turn = lambda role, text: {"from": role, "value": text}
+    dialogues = [{"conversations": [turn("human", "你好"), turn("gpt", "你好，我在听。"),
+                                    turn("human", concern), turn("gpt", "我们一起想想办法。"),
+                                    turn("human", "谢谢你，我会试试的"), turn("gpt", "不客气，随时来聊。")]} for concern in concerns]
+    singles = [{"instruction": concern, "output": "先照顾好自己。"} for concern in concerns[:8]]
+    path = tmp_path / "dialogues.json"
+    path.write_text(json.dumps(dialogues + singles, ensure_ascii=False), encoding="utf-8")
+    for seed in range(4):
+        report = build([path], BuildOptions(name="m", dataset_dir=tmp_path / str(seed), test_size=0.3, seed=seed))
+        assert report["kept"] == len(dialogues) + len(singles)
+        sides = {}
+        for side, name in (("train", "m_alpaca.json"), ("test", "m_test.json")):
+            for item in json.loads((tmp_path / str(seed) / "data" / name).read_text(encoding="utf-8")):
+                user = [question for question, _ in item["history"]] + [item["instruction"]]
+                sides.setdefault(user[-2] if len(user) > 1 else user[0], set()).add(side)
+        assert all(len(found) == 1 for found in sides.values()), (seed, sides)
+        test_dialogues = sum(sides[concern] == {"test"} for concern in concerns)
+        assert 0 < test_dialogues < len(concerns), (seed, test_dialogues)
+
+
 def test_a_lopsided_split_is_reported_with_its_cause():
     from prep.split import share_warning
 
