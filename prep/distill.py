@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from prep.errors import PrepError
 from prep.fsutil import read_yaml_mapping
-from prep.textformat import parse_text
+from prep.textformat import parse_dialogues, parse_text
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 DEFAULT_TOPICS = Path(__file__).resolve().parent.parent / "data" / "topics" / "topics.yaml"
@@ -207,11 +207,8 @@ def read_journal(path: Path) -> dict[str, dict]:
 
 def parse_answer(text: str, multi_turn: bool, finish_reason: str | None) -> tuple[str, list[list[dict]]]:
     """Status and conversations found in a teacher's answer (complete ones only)."""
-    chunks = re.split(r"^\s*#{3,}\s*$", text, flags=re.MULTILINE) if multi_turn else [text]
-    conversations = []
-    for chunk in chunks:
-        parsed = parse_text(chunk, one_conversation=multi_turn) if chunk.strip() else []
-        conversations += [[{"role": t.role, "content": t.content} for t in p.turns] for p in parsed if not p.error]
+    parsed = parse_dialogues(text) if multi_turn else parse_text(text)
+    conversations = [[{"role": t.role, "content": t.content} for t in p.turns] for p in parsed if not p.error]
     if not conversations:
         return "parse_error", []
     return ("truncated" if finish_reason == "length" else "ok"), conversations

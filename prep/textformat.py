@@ -3,8 +3,9 @@
 ``<s>System: ...\n</s><s>Human: ...\n</s><s>Assistant: ...\n</s>`` as teachers
 really emit it: the seed prompt's own variant (``\n<s><s>Assistant: ...\n<s>``),
 full-width colons, Markdown bold labels, numbered items, code fences, intro and
-outro chatter, multi-line answers. Used by ``prep build`` (``.txt`` files and a
-``text`` column) and by ``prep distill``.
+outro chatter, multi-line answers, multi-turn dialogues separated by ``###``
+lines. Used by ``prep build`` (``.txt`` files and a ``text`` column) and by
+``prep distill``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ _LABEL = re.compile(
 )
 _CLOSE_TAG = re.compile(r"</s>|<s>")
 _FENCE = re.compile(r"^[ \t]*```[\w-]*[ \t]*$", re.MULTILINE)
+# The multi-turn template asks for dialogues separated by a line of ###.
+DIALOGUE_SEPARATOR = re.compile(r"^[ \t]*#{3,}[ \t]*$", re.MULTILINE)
+# A teacher's words about its output, not part of an answer: a heading before the next dialogue (第二组对话：) and
+# an outro about the dialogues (以上是20组对话…, 希望这些问答对您有帮助). A counsellor's own closing line
+# (希望这些建议对你有帮助, 希望今天的对话能帮到你) mentions no set of dialogues and stays.
+_HEADING_LINE = re.compile(
+    r"[#*\s]*(?:第\s*[\d一二三四五六七八九十百]+\s*[组段个轮]\s*)?(?:对话|问答|示例|样例|dialogue|conversation|example)"
+    r"\s*[\d一二三四五六七八九十百]*\s*[:：]?[#*\s]*", re.IGNORECASE)
+_OUTRO_LINE = re.compile(
+    r"(?:(?:以上|上述|上面|这些|这\s*\d+\s*[组段个条]|希望(?:以上|上述|这些))[^\n]{0,40}?(?:对话|问答|示例|样例|数据)"
+    r"|(?:The above|These|Here are|I hope these|Let me know|Feel free)[^\n]{0,60}?(?:conversations?|dialogues?|examples?|Q&A|pairs))",
+    re.IGNORECASE)
 
 
 @dataclass
@@ -55,21 +68,47 @@ class _Segment:
 def _segments(text: str) -> list[_Segment]:
     text = _FENCE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     matches = list(_LABEL.finditer(text))
+    segments = _cut(text, matches)
+    if any(seg.closed for seg in segments):  # tagged: a label inside an open turn (用户： in an answer) is text
+        segments = _cut(text, _opening_labels(text, matches))
+    return segments
+
+
+def _opening_labels(text: str, matches: list[re.Match]) -> list[re.Match]:
+    """The labels that open a turn in tagged text: the first, and each with a tag since the last one kept."""
+    kept: list[re.Match] = []
+    for match in matches:
+        if not kept or _CLOSE_TAG.search(text, kept[-1].end(), match.end()):
+            kept.append(match)
+    return kept
+
+
+def _cut(text: str, matches: list[re.Match]) -> list[_Segment]:
     segments = []
     for index, match in enumerate(matches):
         end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
         body = text[match.end():end]
         close = _CLOSE_TAG.search(body)
-        content = body[: close.start()] if close else body
         segments.append(
             _Segment(
                 role=_ROLE_BY_LABEL[match.group(1).lower()],
-                content=content.strip(),
+                content=body[: close.start()].strip() if close else _without_chatter(body),
                 closed=close is not None,
                 raw=text[match.start():end],
             )
         )
     return segments
+
+
+def _without_chatter(body: str) -> str:
+    """An untagged turn without the teacher's outro (from a line about the dialogues on) or trailing heading lines
+    (第二组对话：); the first line is always content."""
+    lines = body.strip().split("\n")
+    outro = next((n for n, line in enumerate(lines) if n and _OUTRO_LINE.match(line.strip())), len(lines))
+    lines = lines[:outro]
+    while len(lines) > 1 and (not lines[-1].strip() or _HEADING_LINE.fullmatch(lines[-1].strip())):
+        lines.pop()
+    return "\n".join(lines).strip()
 
 
 def parse_text(text: str, *, one_conversation: bool = False) -> list[ParsedConversation]:
@@ -101,6 +140,13 @@ def parse_text(text: str, *, one_conversation: bool = False) -> list[ParsedConve
     if pending:
         conversations.append(_assemble(pending, uses_tags, system))
     return conversations
+
+
+def parse_dialogues(text: str) -> list[ParsedConversation]:
+    """Multi-turn dialogues separated by lines of ``###`` (the multi-turn template's format): each is one
+    conversation, its turns kept together."""
+    return [parsed for chunk in DIALOGUE_SEPARATOR.split(text) if chunk.strip()
+            for parsed in parse_text(chunk, one_conversation=True)]
 
 
 def _assemble(segments: list[_Segment], uses_tags: bool, system: str | None = None) -> ParsedConversation:

@@ -172,3 +172,13 @@ def test_folder_reads_every_supported_file(tmp_path):
     items = list(read_path(tmp_path))
     assert len(items) == 2 and all(isinstance(i, Conversation) for i in items)
     assert not any(isinstance(i, Rejected) for i in items)
+
+
+def test_a_txt_file_of_hash_separated_dialogues_reads_each_dialogue_whole(tmp_path):
+    """Multi-turn teacher output (the multi-turn template's ### separators) became context-free pairs."""
+    path = tmp_path / "dialogues.txt"
+    path.write_text("<s>Human: 我失恋了\n</s><s>Assistant: 我在听。\n</s><s>Human: 我好难过\n</s><s>Assistant: 难过是正常的。\n</s>\n"
+                    "###\n<s>Human: 考试没考好\n</s><s>Assistant: 愿意说说吗？\n</s>\n", encoding="utf-8")
+    records = conversations(path)
+    assert [len(r.turns) for r in records] == [4, 2]
+    assert records[0].turns[2] == Turn("user", "我好难过") and records[1].provenance.location == "conversation 2"

@@ -1,6 +1,6 @@
 """The <s>Human: parser on what teachers really emit."""
 
-from prep.textformat import format_text, parse_text
+from prep.textformat import format_text, parse_dialogues, parse_text
 from prep.records import Turn
 
 
@@ -39,3 +39,34 @@ def test_csv_cell_is_one_multi_turn_conversation_and_round_trips():
 def test_text_without_labels_is_reported_not_dropped():
     [parsed] = parse_text("这只是一段没有任何标签的文字")
     assert parsed.error == "no_pairs"
+
+
+def test_untagged_teacher_headings_and_outro_are_not_part_of_the_answers():
+    """Without closing tags, 第二组对话： and the outro (以上是…组对话, 希望对您有帮助) were appended to the answers
+    before them and trained on; a counsellor's own closing line is kept."""
+    text = ("好的，下面是对话：\nHuman: 我很焦虑\nAssistant: 听起来你很辛苦。\n希望这些建议对你有帮助。\n\n第二组对话：\n"
+            "Human: 睡不着\nAssistant: 先规律作息。\n以下是一些放松的示例：\n1. 深呼吸\n\n"
+            "以上是2组心理咨询对话，涵盖焦虑和失眠。\n希望对您有帮助！")
+    parsed = parse_text(text)
+    assert [p.error for p in parsed] == [None, None]
+    assert [p.turns[1].content for p in parsed] == ["听起来你很辛苦。\n希望这些建议对你有帮助。",
+                                                    "先规律作息。\n以下是一些放松的示例：\n1. 深呼吸"]
+    [english] = parse_text("User: I can't sleep\nAssistant: Try a regular bedtime.\n\nThe above conversations show empathy.")
+    assert english.turns[1].content == "Try a regular bedtime."
+
+
+def test_a_role_label_inside_a_tagged_answer_is_part_of_the_answer():
+    """A counsellor quoting what the user could say (用户：…) split the answer into a fake user turn."""
+    text = ("<s>Human: 我想和妈妈沟通\n</s><s>Assistant: 你可以这样说：\n用户：妈妈，我想跟你聊聊。\n这样开头比较温和。\n</s>"
+            "<s>Human: 好的\n</s><s>Assistant: 加油\n</s>")
+    [first, second] = parse_text(text)
+    assert first.turns == [Turn("user", "我想和妈妈沟通"), Turn("assistant", "你可以这样说：\n用户：妈妈，我想跟你聊聊。\n这样开头比较温和。")]
+    assert second.turns == [Turn("user", "好的"), Turn("assistant", "加油")] and second.error is None
+
+
+def test_dialogues_separated_by_hash_lines_keep_their_turns_together():
+    text = ("<s>Human: 我失恋了\n</s><s>Assistant: 我在听。\n</s><s>Human: 我好难过\n</s><s>Assistant: 难过是正常的。\n</s>\n###\n"
+            "<s>Human: 考试没考好\n</s><s>Assistant: 愿意说说吗？\n</s>\n###\n")
+    parsed = parse_dialogues(text)
+    assert [[t.content for t in p.turns] for p in parsed] == [["我失恋了", "我在听。", "我好难过", "难过是正常的。"],
+                                                              ["考试没考好", "愿意说说吗？"]]
