@@ -34,11 +34,14 @@ def send(driver, text: str) -> None:
 
 
 
-def test_web_chat_streams_answers_and_guards_crisis(tmp_path, merged_model):
+@pytest.mark.parametrize("engine", ["eager", "compile"])
+def test_web_chat_streams_answers_and_guards_crisis(tmp_path, merged_model, engine):
+    """Also with --compile: the page asks from Gradio's worker thread, where the compiled session must answer from
+    the shapes compiled at load (on a GPU, recording a CUDA graph there fails)."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "chat.py", "--web", "--model", str(merged_model), "--port", str(port), "--temperature", "0",
-         "--repetition-penalty", "1.0", "--max-new-tokens", "48"],
+         "--repetition-penalty", "1.0", "--max-new-tokens", "48", *(["--compile"] if engine == "compile" else [])],
         cwd=ROOT, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -54,7 +57,7 @@ def test_web_chat_streams_answers_and_guards_crisis(tmp_path, merged_model):
             wait_until(lambda: len(assistant_texts(driver)) >= 2 and "12356" in assistant_texts(driver)[-1])
             assert "400-161-9995" in assistant_texts(driver)[-1]
             ARTIFACTS.mkdir(exist_ok=True)
-            driver.save_screenshot(str(ARTIFACTS / "web_chat.png"))
+            driver.save_screenshot(str(ARTIFACTS / f"web_chat_{engine}.png"))
             driver.find_element("css selector", "#reset").click()
             wait_until(lambda: not assistant_texts(driver))
     finally:
