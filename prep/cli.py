@@ -10,6 +10,7 @@ import typer
 
 from prep.errors import PrepError
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
+from prep.resources import bundled
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Prepare, build and evaluate counselling datasets for LLaMA-Factory.")
@@ -58,7 +59,7 @@ def tiny_model_command(
     """Build a tiny random Llama with a Llama-3-style tokenizer, for CPU demos and tests."""
     from prep.tiny_model import build_tiny_model
 
-    data = inputs or [Path(__file__).resolve().parent.parent / "data" / "seed"]
+    data = inputs or [bundled("seed")]
     path = build_tiny_model(out, data, vocab_size=vocab_size, hidden_size=hidden_size, layers=layers, seed=seed)
     typer.echo(f"tiny model written to {path}")
 

@@ -5,7 +5,7 @@ messages written blind to it, it missed about half of the crises (see
 bench/README.md). This model generalises from labelled examples to phrasings
 the lexicon does not list. It is trained at first use (under a second, plus
 importing scikit-learn) from the bundled labelled messages
-(``data/safety/*.csv``: text,label) and the seed's crisis and ordinary
+(``data/safety/*.csv``: text,label; see ``prep.resources``) and the seed's crisis and ordinary
 questions, so no weights are stored or downloaded.
 ``prep.safety.detect_crisis`` ORs it with the lexicon; use that, not this.
 
@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-TRAINING_GLOBS = ("data/safety/*.csv",)
-SEED_GLOB = "data/seed/*.csv"
+from prep.resources import data_dir
+
+TRAINING_GLOBS = ("safety/*.csv",)  # under prep.resources.data_dir()
+SEED_GLOB = "seed/*.csv"
 SEED_CRISIS_CATEGORY = "危机干预"
 NGRAM_RANGE = (1, 3)
 REGULARISATION_C = 60.0
@@ -98,10 +99,12 @@ def keyed_ngrams(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return keys >> HASH_BITS, keys & ((1 << HASH_BITS) - 1), counts
 
 
-def training_examples(root: Path = ROOT) -> tuple[list[str], list[int], list[str]]:
+def training_examples(root: Path | None = None) -> tuple[list[str], list[int], list[str]]:
     """Labelled user messages and the source of each: the safety sets (file stem) plus the seed's questions
-    ("seed"; 危机干预 = crisis)."""
+    ("seed"; 危机干预 = crisis), under ``root`` (default: the bundled data folder)."""
     import pandas as pd
+
+    root = data_dir() if root is None else root
 
     texts: list[str] = []
     labels: list[int] = []
@@ -142,6 +145,6 @@ def bundled_model(prepare) -> NgramModel | None:
     """The model trained on the bundled data (once per process); None, with a warning, when there is none."""
     texts, labels, _ = training_examples()
     if len(set(labels)) < 2:
-        warnings.warn(f"no labelled crisis messages under {ROOT / 'data'}; the crisis detector runs on its lexicon alone")
+        warnings.warn(f"no labelled crisis messages under {data_dir()}; the crisis detector runs on its lexicon alone")
         return None
     return fit(texts, labels, prepare)

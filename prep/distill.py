@@ -36,10 +36,11 @@ from tqdm import tqdm
 
 from prep.errors import PrepError
 from prep.fsutil import read_yaml_mapping
+from prep.resources import bundled
 from prep.textformat import parse_dialogues, parse_text
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
-DEFAULT_TOPICS = Path(__file__).resolve().parent.parent / "data" / "topics" / "topics.yaml"
+DEFAULT_TOPICS = bundled("topics", "topics.yaml")
 DONE_STATUSES = {"ok", "truncated", "parse_error"}  # paid answers: never sent again
 RETRYABLE_STATUS = {408, 409, 429}
 FATAL_STATUS = {401: "the API key was refused (401)", 403: "access was denied (403)"}

@@ -21,9 +21,10 @@ import pandas as pd
 from prep import metrics
 from prep.errors import PrepError
 from prep.fsutil import atomic_write_json, atomic_write_text
+from prep.resources import bundled
 from prep.safety import detect_crisis, ensure_referral
 
-DEFAULT_PLAN = Path(__file__).resolve().parent.parent / "data" / "tests" / "test_plan.csv"
+DEFAULT_PLAN = bundled("tests", "test_plan.csv")
 HISTORY_FILE = "eval_history.jsonl"
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from prep.errors import PrepError
 from prep.fsutil import atomic_write_text
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
+from prep.resources import feedback_dir
 
-FEEDBACK_DIR = Path(__file__).resolve().parent.parent / "data" / "feedback"
+FEEDBACK_DIR = feedback_dir()
 
 
 def load_candidates(path: Path) -> dict[str, list[dict]]:
