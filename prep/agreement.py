@@ -16,6 +16,7 @@ every question with any disagreement is written to ``NAME_conflicts.jsonl`` for 
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -28,13 +29,13 @@ REJECT_WORDS = {"reject", "0", "no", "n", "false", "删除", "删", "否", "拒�
                 "×", "✗", "✘", "x"}
 
 
+_ONE_OR_ZERO = re.compile(r"^([01])\.0+$")
+
+
 def verdict_of(value: str | None) -> str | None:
     """Map a free-form keep/reject cell onto "keep", "reject" or None."""
     word = (value or "").strip().lower()
-    try:  # a number from JSON or a spreadsheet: 1, 1.0 keep; 0, 0.0 reject
-        word = {1.0: "1", 0.0: "0"}.get(float(word), word)
-    except ValueError:
-        pass
+    word = _ONE_OR_ZERO.sub(r"\1", word)  # a number from JSON or a spreadsheet: 1.0 is 1, 0.0 is 0
     return "keep" if word in KEEP_WORDS else "reject" if word in REJECT_WORDS else None
 
 

@@ -41,10 +41,11 @@ _KEEP_FULLWIDTH = {chr(c) for c in range(0xFF01, 0xFF5F)} - {chr(c) for c in ran
 _ZERO_WIDTH = re.compile(r"[\u200b-\u200f\u2060\ufeff]")
 _LEFTOVER_TAGS = re.compile(r"</?s>|<\|(?:begin_of_text|end_of_text|eot_id|start_header_id|end_header_id|im_start|im_end)\|>|\[/?INST\]")
 _ROLE_PREFIX = re.compile(r"^\s*(?:\*\*|__)?(?:Assistant|Human|回答|答|回复|问题|问|A|Q)(?:\*\*|__)?\s*[:：]\s*(?:\*\*|__)?\s*", re.IGNORECASE)
-# A teacher's "as an AI" opener, only where it is one (opening a sentence and followed by a comma or by 我 / I):
-# 作为AI工程师, "as an aid" and "Speaking as an AI, I" are not, and user turns are never touched.
+# A teacher's "as an AI" opener, only where it is one: at the start of a line (after a list bullet), or after
+# punctuation (首先，作为一个AI，… / 你好～作为AI，…), and followed by a comma or by 我 / I. 作为AI工程师, "as an aid" and
+# "Speaking as an AI, I" are not, and user turns are never touched. The lead is kept.
 _AI_DISCLAIMER = re.compile(
-    r"(?:^|(?<=[。！？!?.;；\n]))[ \t]*(?:(?:作为|身为)(?:一[个名位])?(?:AI语言模型|AI助手|人工智能(?:语言)?(?:模型|助手)|语言模型|人工智能|AI)(?:[，,]|(?=我))"
+    r"(?P<lead>(?:^|\n)[ \t]*(?:[-*•][ \t]*)?|[。！？!?.;；：:，,…～~、][ \t]*)(?:(?:作为|身为)(?:一[个名位])?(?:AI语言模型|AI助手|人工智能(?:语言)?(?:模型|助手)|语言模型|人工智能|AI)(?:[，,]|(?=我))"
     r"|As an AI(?: language model| assistant)?(?:,\s*|\s+(?=I\b)))",
     re.IGNORECASE,
 )
@@ -75,9 +76,9 @@ def normalise_text(text: str, answer: bool = False) -> str:
     text = nfkc_keep_chinese_punctuation(text)
     text = _ZERO_WIDTH.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
     text = _LEFTOVER_TAGS.sub("", text)
+    text = _ROLE_PREFIX.sub("", text)  # first: 答：作为一个AI助手，… opens with the disclaimer once the label is gone
     if answer:
-        text = _AI_DISCLAIMER.sub("", text)
-    text = _ROLE_PREFIX.sub("", text)
+        text = _AI_DISCLAIMER.sub(r"\g<lead>", text)
     lines = [line.strip() for line in _SPACES.sub(" ", text).split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 

@@ -18,6 +18,10 @@ from prep.records import Conversation
 # not a pleasantry that many dialogues share (谢谢，我会试试的): those would chain unrelated dialogues together.
 MIN_SHARED_TURN_CHARS = 6
 MAX_SHARED_TURN_RECORDS = 10
+# Shared turns link dialogues transitively (A shares a follow-up with B, B another with C…): a link that would make
+# a group larger than this share of the records (or MAX_SHARED_TURN_RECORDS) is left out, so chains of generic
+# follow-ups cannot put most of a corpus on one side.
+MAX_GROUP_SHARE = 0.01
 
 
 def split_bucket(key: str, seed: int) -> float:
@@ -28,19 +32,40 @@ def split_bucket(key: str, seed: int) -> float:
 
 def split_groups(records: list[Conversation], near: list[int] | None = None) -> list[int]:
     """Per record, the index of its group's first member: ``near`` clusters (``near[i]`` is record i's cluster
-    representative) joined with the dialogues that share a user turn."""
+    representative) joined with the dialogues that share a user turn, up to a group size (MAX_GROUP_SHARE)."""
     by_turn: dict[str, set[int]] = defaultdict(set)
     for index, rec in enumerate(records):
         for turn in rec.turns:
             text = canonical_text(turn.content) if turn.role == "user" else ""
             if len(text) >= MIN_SHARED_TURN_CHARS:
                 by_turn[text].add(index)
-    pairs = [(index, rep) for index, rep in enumerate(near or []) if rep != index]
-    for members in by_turn.values():
-        if 1 < len(members) <= MAX_SHARED_TURN_RECORDS:
-            first, *others = sorted(members)
-            pairs += [(first, other) for other in others]
-    return first_members(len(records), pairs)
+    groups = _Groups(first_members(len(records), [(index, rep) for index, rep in enumerate(near or []) if rep != index]))
+    limit = max(MAX_SHARED_TURN_RECORDS, int(MAX_GROUP_SHARE * len(records)))
+    for members in sorted(sorted(members) for members in by_turn.values() if 1 < len(members) <= MAX_SHARED_TURN_RECORDS):
+        for other in members[1:]:
+            groups.join(members[0], other, limit)
+    return [groups.first(index) for index in range(len(records))]
+
+
+class _Groups:
+    """Union-find over record indices, each group named by its smallest index, joins bounded in size."""
+
+    def __init__(self, first: list[int]):
+        self.parent = list(first)
+        self.size = Counter(first)
+
+    def first(self, index: int) -> int:
+        while self.parent[index] != index:
+            self.parent[index] = self.parent[self.parent[index]]
+            index = self.parent[index]
+        return index
+
+    def join(self, left: int, right: int, limit: int) -> None:
+        left, right = self.first(left), self.first(right)
+        if left != right and self.size[left] + self.size[right] <= limit:
+            left, right = min(left, right), max(left, right)
+            self.parent[right] = left
+            self.size[left] += self.size.pop(right)
 
 
 def split(records: list[Conversation], test_size: float, seed: int, groups: list[int] | None = None) -> tuple[list[Conversation], list[Conversation]]:
@@ -63,5 +88,5 @@ def share_warning(records: int, test: int, test_size: float, groups: list[int] |
         return None
     largest = Counter(groups).most_common(1)[0][1] if groups else 1
     return (f"the test split holds {test / records:.1%} of the kept rows instead of about {test_size:.0%}: "
-            f"the largest near-duplicate cluster has {largest} rows ({largest / records:.0%}) and a cluster goes "
-            "to one side whole; check the inputs for templated or repeated questions.")
+            f"the largest group (near duplicates and dialogues sharing a turn) has {largest} rows ({largest / records:.0%}) and a group "
+            "goes to one side whole; check the inputs for templated or repeated questions.")

@@ -34,17 +34,24 @@ _LABEL = re.compile(
 _CLOSE_TAG = re.compile(r"</s>|<s>")
 _FENCE = re.compile(r"^[ \t]*```[\w-]*[ \t]*$", re.MULTILINE)
 # The multi-turn template asks for dialogues separated by a line of ###.
-DIALOGUE_SEPARATOR = re.compile(r"^[ \t]*#{3,}[ \t]*$", re.MULTILINE)
-# A teacher's words about its output, not part of an answer: a heading before the next dialogue (第二组对话：) and
-# an outro about the dialogues (以上是20组对话…, 希望这些问答对您有帮助). A counsellor's own closing line
-# (希望这些建议对你有帮助, 希望今天的对话能帮到你) mentions no set of dialogues and stays.
+DIALOGUE_SEPARATOR = re.compile(r"^[^\S\n]*#{3,}[^\S\n]*$", re.MULTILINE)
+# A teacher's words about its output, not part of an answer, in untagged text: a numbered heading before the next
+# dialogue (第二组对话： / 对话 3：), and an outro at the end that names the set of dialogues (以上是20组对话…,
+# 这20组问答…, 希望以上对话对您有帮助, The above conversations…). A counsellor's own words (以上这些方法…对话,
+# 希望以上建议能让你们的对话更轻松, These conversations get easier) name no set and stay.
+_NUMBER = r"[\d一二三四五六七八九十百]+"
 _HEADING_LINE = re.compile(
-    r"[#*\s]*(?:第\s*[\d一二三四五六七八九十百]+\s*[组段个轮]\s*)?(?:对话|问答|示例|样例|dialogue|conversation|example)"
-    r"\s*[\d一二三四五六七八九十百]*\s*[:：]?[#*\s]*", re.IGNORECASE)
+    rf"[#*\s]*(?:第\s*{_NUMBER}\s*[组段个轮]\s*(?:心理咨询|咨询|模拟)?(?:对话|问答)|(?:对话|问答|dialogue|conversation|example)\s*#?\s*{_NUMBER})"
+    r"\s*[:：]?[#*\s]*", re.IGNORECASE)
+_SET_OF_DIALOGUES = rf"(?:{_NUMBER}\s*[组段个条轮]\s*)?(?:心理咨询|咨询|模拟|示例)?(?:对话|问答对?|示例|样例)"
 _OUTRO_LINE = re.compile(
-    r"(?:(?:以上|上述|上面|这些|这\s*\d+\s*[组段个条]|希望(?:以上|上述|这些))[^\n]{0,40}?(?:对话|问答|示例|样例|数据)"
-    r"|(?:The above|These|Here are|I hope these|Let me know|Feel free)[^\n]{0,60}?(?:conversations?|dialogues?|examples?|Q&A|pairs))",
+    rf"(?:(?:以上|上述|上面)(?:就|共|便)?(?:是|为|给出了?|生成了?|列出了?|提供了?)?(?:这些)?{_SET_OF_DIALOGUES}"
+    rf"|这\s*{_NUMBER}\s*[组段个条轮]\s*(?:心理咨询|咨询|模拟)?(?:对话|问答)"
+    rf"|希望(?:以上|上述|这些){_SET_OF_DIALOGUES}"
+    r"|(?:The above|Above are|I hope these)\s+(?:\d+\s+)?(?:sample\s+|example\s+|counsell?ing\s+)?(?:conversations|dialogues|Q&A|examples))",
     re.IGNORECASE)
+# Chinese labels a counsellor quotes inside an answer (你可以这样说：\n用户：…): inside an open tagged turn they are text.
+_QUOTABLE_LABELS = {"用户", "助手", "系统"}
 
 
 @dataclass
@@ -69,16 +76,19 @@ def _segments(text: str) -> list[_Segment]:
     text = _FENCE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     matches = list(_LABEL.finditer(text))
     segments = _cut(text, matches)
-    if any(seg.closed for seg in segments):  # tagged: a label inside an open turn (用户： in an answer) is text
+    if any(seg.closed for seg in segments):  # tagged: 用户： quoted inside an open answer is text
         segments = _cut(text, _opening_labels(text, matches))
+    if segments and not segments[-1].closed and segments[-1].role == "assistant":
+        segments[-1].content = _without_outro(segments[-1].content)
     return segments
 
 
 def _opening_labels(text: str, matches: list[re.Match]) -> list[re.Match]:
-    """The labels that open a turn in tagged text: the first, and each with a tag since the last one kept."""
+    """The labels that open a turn in tagged text: every English label (Human:, Assistant:; a missing close tag
+    must not merge two turns), and a Chinese one (用户：) only with a tag since the last label kept."""
     kept: list[re.Match] = []
     for match in matches:
-        if not kept or _CLOSE_TAG.search(text, kept[-1].end(), match.end()):
+        if not kept or match.group(1) not in _QUOTABLE_LABELS or _CLOSE_TAG.search(text, kept[-1].end(), match.end()):
             kept.append(match)
     return kept
 
@@ -89,26 +99,33 @@ def _cut(text: str, matches: list[re.Match]) -> list[_Segment]:
         end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
         body = text[match.end():end]
         close = _CLOSE_TAG.search(body)
+        # The seed's variant (我理解你。\n<s><s>Human:) closes a turn with the tags the next label starts with.
+        closed_by_next = index + 1 < len(matches) and _CLOSE_TAG.search(matches[index + 1].group(0)) is not None
         segments.append(
             _Segment(
                 role=_ROLE_BY_LABEL[match.group(1).lower()],
-                content=body[: close.start()].strip() if close else _without_chatter(body),
-                closed=close is not None,
+                content=body[: close.start()].strip() if close else body.strip() if closed_by_next else _without_heading(body),
+                closed=close is not None or closed_by_next,
                 raw=text[match.start():end],
             )
         )
     return segments
 
 
-def _without_chatter(body: str) -> str:
-    """An untagged turn without the teacher's outro (from a line about the dialogues on) or trailing heading lines
-    (第二组对话：); the first line is always content."""
+def _without_heading(body: str) -> str:
+    """An untagged turn without trailing numbered headings (第二组对话：) that introduce the next dialogue."""
     lines = body.strip().split("\n")
-    outro = next((n for n, line in enumerate(lines) if n and _OUTRO_LINE.match(line.strip())), len(lines))
-    lines = lines[:outro]
     while len(lines) > 1 and (not lines[-1].strip() or _HEADING_LINE.fullmatch(lines[-1].strip())):
         lines.pop()
     return "\n".join(lines).strip()
+
+
+def _without_outro(answer: str) -> str:
+    """The text's last, untagged answer without the teacher's outro: from a line that names the set of dialogues
+    (以上是2组对话。) to the end (希望对您有帮助！ after it goes too); the first line is always content."""
+    lines = answer.split("\n")
+    outro = next((n for n, line in enumerate(lines) if n and _OUTRO_LINE.match(line.strip())), len(lines))
+    return "\n".join(lines[:outro]).strip()
 
 
 def parse_text(text: str, *, one_conversation: bool = False) -> list[ParsedConversation]:
@@ -147,6 +164,19 @@ def parse_dialogues(text: str) -> list[ParsedConversation]:
     conversation, its turns kept together."""
     return [parsed for chunk in DIALOGUE_SEPARATOR.split(text) if chunk.strip()
             for parsed in parse_text(chunk, one_conversation=True)]
+
+
+def as_dialogue_file(text: str) -> list[ParsedConversation] | None:
+    """The dialogues of a text that is clearly ``###``-separated dialogues: every part between separators opens
+    with a role label and parses whole. None otherwise (a ``###`` used as a divider inside an answer), so the
+    caller reads the text pair by pair instead."""
+    if not DIALOGUE_SEPARATOR.search(text):
+        return None
+    chunks = [_FENCE.sub("", chunk).strip() for chunk in DIALOGUE_SEPARATOR.split(text)]
+    if not all(_LABEL.match(chunk) for chunk in chunks if chunk):
+        return None
+    dialogues = parse_dialogues(text)
+    return dialogues if all(not d.error for d in dialogues) else None
 
 
 def _assemble(segments: list[_Segment], uses_tags: bool, system: str | None = None) -> ParsedConversation:

@@ -98,4 +98,4 @@ def test_json_labels_count_and_dialogues_are_compared_whole(tmp_path):
 def test_numeric_json_verdicts_are_keep_and_reject_words():
     """JSON writes a spreadsheet's 1 as 1.0 and a checkbox as true: they were unknown_verdict, and the row dropped."""
     assert [verdict_of(value) for value in ("1.0", "1", "True", "0.0", "0", "False")] == ["keep"] * 3 + ["reject"] * 3
-    assert verdict_of("2") is None and verdict_of("nan") is None
+    assert [verdict_of(value) for value in ("2", "nan", "1e0", "01", "-0", "inf", "0.9999999999999999999")] == [None] * 7

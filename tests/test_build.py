@@ -301,6 +301,22 @@ def test_multi_turn_dialogues_split_by_what_they_say_and_a_shared_question_stays
         assert 0 < test_dialogues < len(concerns), (seed, test_dialogues)
 
 
+def test_dialogues_chained_by_shared_follow_ups_do_not_form_one_group():
+    """Each dialogue shares a follow-up with the next (那如果晚上又紧张了怎么办): linked transitively, 1,000
+    dialogues became one group and the test split held 0 or all of them."""
+    from prep.split import split, split_groups
+
+    follow_up = "那如果第{}次见面的时候又紧张了怎么办".format
+    records = [Conversation([Turn("user", f"我有一个困扰很久的问题，编号{i}"), Turn("assistant", "我理解"),
+                             Turn("user", follow_up(i)), Turn("assistant", "一起看看"),
+                             Turn("user", follow_up(i + 1)), Turn("assistant", "慢慢来")], Provenance("x", f"row {i}"))
+               for i in range(1000)]
+    groups = split_groups(records)
+    assert max(groups.count(first) for first in set(groups)) <= 10
+    for seed in range(3):
+        assert 50 <= len(split(records, 0.1, seed, groups)[1]) <= 160
+
+
 def test_a_lopsided_split_is_reported_with_its_cause():
     from prep.split import share_warning
 

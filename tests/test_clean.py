@@ -23,6 +23,9 @@ def test_normalise_leaves_what_chinese_writes_on_purpose_and_what_users_say():
     assert clean.normalise_text("作为AI工程师，我每天加班到半夜", answer=True) == "作为AI工程师，我每天加班到半夜"
     assert clean.normalise_text("作为一个AI助手我理解你。As an AI, I care.", answer=True) == "我理解你。I care."
     assert clean.normalise_text("Speaking as an AI, I would say no.", answer=True) == "Speaking as an AI, I would say no."
+    openers = {"答：作为一个AI助手，我建议你先休息。": "我建议你先休息。", "首先，作为一个AI，我理解。": "首先，我理解。",
+               "嗯……作为AI，我懂。": "嗯……我懂。", "- 作为AI，我会听。\n- 作为人工智能，我在。": "- 我会听。\n- 我在。"}
+    assert {text: clean.normalise_text(text, answer=True) for text in openers} == openers
     result = clean.normalise([conv("作为人工智能，你会怎么看我？", "作为一个AI语言模型，我会认真听你说。")])
     assert [t.content for t in result.kept[0].turns] == ["作为人工智能，你会怎么看我？", "我会认真听你说。"]
 

@@ -47,6 +47,24 @@ def test_tsv_quotes_inside_text_are_kept_and_a_stray_quote_swallows_no_rows(tmp_
     assert [r.provenance.location for r in records] == ["row 2", "row 3", "row 4", "row 6"]
 
 
+@pytest.mark.parametrize("name, content, expected", [
+    ("text.tsv", 'text\n"<s>Human: 我很焦虑\n</s><s>Assistant: 我理解你\n</s>"\n"<s>Human: 睡不着\n</s><s>Assistant: 规律作息\n</s>"\n',
+     [(["我很焦虑", "我理解你"], "row 2"), (["睡不着", "规律作息"], "row 3")]),
+    ("multiline.tsv", 'question\tanswer\n"q1"\t"第一行\n第二行\t带制表符"\nq2\ta2\n', [(["q1", "第一行\n第二行\t带制表符"], "row 2"), (["q2", "a2"], "row 3")]),
+    ("tab.tsv", 'question\tanswer\tcategory\nq1\t"答案\t含tab"\nq2\ta2\tc\n', [(["q1", "答案\t含tab"], "row 2"), (["q2", "a2"], "row 3")]),
+    ("blank_first.tsv", "\nquestion\tanswer\nq1\ta1\n", [(["q1", "a1"], "row 3")]),
+    ("blank_first.csv", "\n\nquestion,answer\nq1,a1\n", [(["q1", "a1"], "row 4")]),
+    ("twice.tsv", "question\tanswer\tanswer\nq1\t第一版\t第二版\n", [(["q1", "第一版"], "row 2")]),
+    ("cr.tsv", "question\tanswer\rq1\ta1\rq2\ta2\r", [(["q1", "a1"], "row 2"), (["q2", "a2"], "row 3")]),
+])
+def test_excel_quoted_tsv_cells_blank_first_lines_repeated_headers_and_cr_endings(tmp_path, name, content, expected):
+    """What Excel and old Macs write still reads as before the literal-quote TSV reading: quoted cells holding line
+    breaks or tabs, a blank line above the header, a repeated header (the first is read), lone CR line endings."""
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    assert [([t.content for t in r.turns], r.provenance.location) for r in conversations(path)] == expected
+
+
 def test_row_numbers_after_a_blank_line_match_the_spreadsheet_and_blank_rows_are_not_rejections(tmp_path):
     path = write_csv(tmp_path / "qa.csv", ROWS)
     path.write_text(path.read_text(encoding="utf-8").replace("\n", "\n\n,,\n", 1) + "我和父母吵架,试着沟通,人际\n", encoding="utf-8")
@@ -182,3 +200,13 @@ def test_a_txt_file_of_hash_separated_dialogues_reads_each_dialogue_whole(tmp_pa
     records = conversations(path)
     assert [len(r.turns) for r in records] == [4, 2]
     assert records[0].turns[2] == Turn("user", "我好难过") and records[1].provenance.location == "conversation 2"
+
+
+def test_a_hash_divider_inside_an_answer_keeps_a_txt_file_pair_by_pair(tmp_path):
+    """A ### line used as a divider in one answer is not a dialogue separator: the pairs stay pairs, whole."""
+    path = tmp_path / "pairs.txt"
+    path.write_text("Human: 我总是拖延怎么办？\nAssistant: 拖延常常和焦虑有关。\n###\n先定一个5分钟的小目标。\n"
+                    "Human: 考试前很紧张\nAssistant: 试试深呼吸。\nHuman: 和室友关系不好\nAssistant: 可以坦诚沟通。\n", encoding="utf-8")
+    records = conversations(path)
+    assert [len(r.turns) for r in records] == [2, 2, 2]
+    assert records[0].final_answer == "拖延常常和焦虑有关。\n###\n先定一个5分钟的小目标。"

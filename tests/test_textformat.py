@@ -53,6 +53,15 @@ def test_untagged_teacher_headings_and_outro_are_not_part_of_the_answers():
                                                     "先规律作息。\n以下是一些放松的示例：\n1. 深呼吸"]
     [english] = parse_text("User: I can't sleep\nAssistant: Try a regular bedtime.\n\nThe above conversations show empathy.")
     assert english.turns[1].content == "Try a regular bedtime."
+    counsellor = ["你可以先找一个平静的时间。\n以上这些方法，希望能帮你和妈妈进行一次真正的对话。\n如果还是很难，可以考虑家庭咨询。",
+                  "很常见。\n这些数据来自世界卫生组织。\n所以你并不孤单。", "先倾听。\n上述步骤可以用在每一次亲子对话里，比如：\n1. 复述",
+                  "先准备。\n希望以上建议能让你和领导的对话更轻松。", "Here are some examples of phrases you can use:\n- I feel",
+                  "These conversations get easier with practice.\nStart small."]
+    for answer in counsellor:
+        [parsed] = parse_text(f"Human: 怎么办\nAssistant: {answer}")
+        assert parsed.turns[1].content == answer
+    question = "我最近总是失眠。\n这些天我和父母的对话总是以争吵结束。\n我该怎么办？"
+    assert parse_text(f"Human: {question}\nAssistant: 我们慢慢说。")[0].turns[0].content == question
 
 
 def test_a_role_label_inside_a_tagged_answer_is_part_of_the_answer():
@@ -62,6 +71,16 @@ def test_a_role_label_inside_a_tagged_answer_is_part_of_the_answer():
     [first, second] = parse_text(text)
     assert first.turns == [Turn("user", "我想和妈妈沟通"), Turn("assistant", "你可以这样说：\n用户：妈妈，我想跟你聊聊。\n这样开头比较温和。")]
     assert second.turns == [Turn("user", "好的"), Turn("assistant", "加油")] and second.error is None
+
+
+def test_a_missing_close_tag_does_not_merge_two_turns_and_the_seed_variant_closes_with_the_next_label():
+    """An answer whose </s> the teacher forgot is reported, not kept with the next question inside it; the seed's
+    variant (我理解你。\\n<s><s>Human:) closes a turn with the tags that open the next one."""
+    parsed = parse_text("<s>Human: 问题一\n</s><s>Assistant: 回答一\nHuman: 问题二\n</s><s>Assistant: 回答二\n</s>\n")
+    assert [(p.error, p.turns) for p in parsed] == [("truncated", [Turn("user", "问题一"), Turn("assistant", "回答一")]),
+                                                    (None, [Turn("user", "问题二"), Turn("assistant", "回答二")])]
+    parsed = parse_text("<s>Human: 我很焦虑\n<s><s>Assistant: 我理解你。\n<s><s>Human: 睡不着\n<s><s>Assistant: 试试放松。\n<s>")
+    assert [(p.error, p.turns[1].content) for p in parsed] == [(None, "我理解你。"), (None, "试试放松。")]
 
 
 def test_dialogues_separated_by_hash_lines_keep_their_turns_together():

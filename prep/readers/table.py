@@ -43,11 +43,15 @@ def _load_frames(path: Path) -> list[tuple[str | None, pd.DataFrame]]:
             raise PrepError(f"{path}: not a readable {suffix[1:].upper()} workbook ({type(err).__name__}); expected an Excel file saved by Excel or LibreOffice.") from None
         return list(sheets.items())
     text = read_text_file(path)
-    if suffix == ".tsv" and (frame := _plain_tsv(text)) is not None:
-        return [(None, frame)]
+    body = _LEADING_BLANK_LINES.sub("", text)  # the header is the first line with text
+    first_row = 2 + text[: len(text) - len(body)].count("\n")
+    frame = _plain_tsv(body) if suffix == ".tsv" else None
     try:  # blank lines kept, so row numbers match what a spreadsheet shows; _read_frame skips blank rows
-        return [(None, pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str,
-                                   keep_default_na=False, skip_blank_lines=False))]
+        if frame is None:
+            frame = pd.read_csv(io.StringIO(body), sep="\t" if suffix == ".tsv" else ",", dtype=str,
+                                keep_default_na=False, skip_blank_lines=False)
+        frame.attrs["first_row"] = first_row
+        return [(None, frame)]
     except pd.errors.ParserError as err:
         raise PrepError(f"{path}: malformed {suffix[1:].upper()} ({err}).") from None
     except pd.errors.EmptyDataError:
@@ -55,24 +59,42 @@ def _load_frames(path: Path) -> list[tuple[str | None, pd.DataFrame]]:
 
 
 _EXCEL_QUOTED = re.compile(r'"((?:[^"]|"")*)"', re.DOTALL)
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*(?:\r\n?|\n))+")
+_LINE_BREAK = re.compile(r"\r\n?|\n")
 
 
 def _plain_tsv(text: str) -> pd.DataFrame | None:
     """A TSV in which every line is one row (as many tabs as the header), read with quotes taken literally, as a
     hand-written or database-exported TSV means them: ``"躺平"是什么意思？`` keeps its quotes and a stray quote
     cannot swallow the rows after it. Only a cell wholly in Excel's quotes, inner quotes doubled, is unquoted.
-    None when some line has another number of cells: Excel's quoted multi-line cells, read by the CSV parser."""
-    lines = text.split("\n")
+    None, for the CSV parser, when some line has another number of cells or a cell opens a quote it does not
+    close on its line: Excel's quoted cells holding line breaks or tabs."""
+    lines = _LINE_BREAK.split(text)
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
         return None
     width = lines[0].count("\t")
-    if any(line.count("\t") != width for line in lines if line.strip()):
+    cells = [line.split("\t") if line.strip() else [""] * (width + 1) for line in lines]
+    if any(len(row) != width + 1 or any(_opens_quote(cell) for cell in row) for row in cells):
         return None
-    rows = [[_unquote(cell) for cell in line.split("\t")] if line.strip() else [""] * (width + 1) for line in lines]
-    header = [name.strip() for name in rows[0]]
-    return pd.DataFrame(rows[1:], columns=header, dtype=str)
+    return pd.DataFrame([[_unquote(cell) for cell in row] for row in cells[1:]], columns=_unique([name.strip() for name in cells[0]]), dtype=str)
+
+
+def _opens_quote(cell: str) -> bool:
+    """A cell starting with a quote that an odd number of quotes leaves open (its cell goes on past the line)."""
+    cell = cell.strip()
+    return cell.startswith('"') and cell.count('"') % 2 == 1
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Header names made unique as pandas does (the second ``answer`` becomes ``answer.1``): the first one is read."""
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        unique.append(f"{name}.{seen[name]}" if name in seen else name)
+        seen[name] = seen.get(name, 0) + 1
+    return unique
 
 
 def _unquote(cell: str) -> str:
@@ -123,7 +145,7 @@ def read_table(path: Path, origin: str = "labelled") -> Iterator[Conversation | 
 
 
 def _read_frame(path: Path, frame: pd.DataFrame, columns: dict[str, str], where: str, origin: str) -> Iterator[Conversation | Rejected]:
-    for index, row in enumerate(frame.to_dict("records"), start=2):
+    for index, row in enumerate(frame.to_dict("records"), start=frame.attrs.get("first_row", 2)):
         if not any(str(value).strip() for value in row.values()):
             continue  # a blank line or an empty spreadsheet row: no data, but it keeps its row number
         cell = {key: str(row[col]).strip() for key, col in columns.items()}
