@@ -30,6 +30,12 @@ from prep.prompts import DEFAULT_SYSTEM_PROMPT  # noqa: E402
 from prep.safety import DEFAULT_HOTLINES  # noqa: E402
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; expected a number from 1 to 65535")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Chat with the merged counselling model.")
     parser.add_argument("--model", type=Path, help="merged model folder (default: newest runs/*/merged), or the base model with --adapter")
@@ -43,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--context-tokens", type=int, default=4096, help="token budget of the prompt plus the reply (at most the model's max_position_embeddings)")
     parser.add_argument("--web", action="store_true", help="serve a chat page instead of the terminal loop")
     parser.add_argument("--host", default="127.0.0.1", help="web host (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="web port")
+    parser.add_argument("--port", type=_port, default=7860, help="web port")
     parser.add_argument("--system", default=DEFAULT_SYSTEM_PROMPT, help="system prompt")
     parser.add_argument("--prompt", help="answer this one message and exit")
     parser.add_argument("--json", action="store_true", help="print one JSON object per answer")
@@ -52,6 +58,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--repetition-penalty", type=float, default=1.1)
     return parser.parse_args(argv)
+
+
+COMMANDS = ("/exit", "/quit", "/reset", "/system", "/save", "/help")
+HELP = "命令：/reset 清空对话，/system 文本 更换系统提示，/save 文件 保存对话，/exit 退出"
+
+
+def _note(text: str, as_json: bool) -> None:
+    """A command's acknowledgement: on stderr with --json, so stdout stays one JSON object per line."""
+    print(text, file=sys.stderr if as_json else sys.stdout, flush=True)
+
+
+def _clean_input(text: str) -> str:
+    """A line as typed: bytes that were not UTF-8 become U+FFFD (not a crash in the tokenizer or the crisis detector),
+    a byte-order mark from a Windows file goes, and so does surrounding whitespace."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").lstrip("\ufeff").strip()
 
 
 def _print_reply(session: ChatSession, message: str, as_json: bool) -> None:
@@ -63,40 +84,54 @@ def _print_reply(session: ChatSession, message: str, as_json: bool) -> None:
     print(flush=True)
 
 
-def _command(session: ChatSession, line: str) -> bool:
+def _command(session: ChatSession, line: str, as_json: bool, saved: set[Path]) -> bool:
     """Handle a /command; return False to leave the loop."""
     name, _, arg = line.partition(" ")
+    arg = arg.strip()
     if name in ("/exit", "/quit"):
         return False
     if name == "/reset":
         session.reset()
-        print("（对话已清空）")
+        _note("（对话已清空）", as_json)
     elif name == "/system":
-        session.system = arg.strip() or DEFAULT_SYSTEM_PROMPT
+        session.system = arg or DEFAULT_SYSTEM_PROMPT
         session.reset()
-        print("（系统提示已更新，对话已清空）")
-    elif name == "/save" and arg.strip():
-        atomic_write_json(Path(arg.strip()), {"system": session.system, "messages": session.history})
-        print(f"（对话已保存到 {arg.strip()}）")
+        _note("（系统提示已更新，对话已清空）", as_json)
+    elif name == "/save" and arg:
+        _note(_save(session, Path(arg).expanduser(), saved), as_json)
     else:
-        print("命令：/reset 清空对话，/system 文本 更换系统提示，/save 文件 保存对话，/exit 退出")
+        _note(HELP, as_json)
     return True
+
+
+def _save(session: ChatSession, path: Path, saved: set[Path]) -> str:
+    """Write the conversation to ``path`` (owner-readable only: it is a counselling transcript); an existing file
+    is replaced only if this session wrote it. Returns what to tell the user."""
+    if path.exists() and path.resolve() not in saved:
+        return f"（{path} 已存在，没有覆盖；请换一个文件名）"
+    try:
+        atomic_write_json(path, {"system": session.system, "messages": session.history})
+        os.chmod(path, 0o600)
+    except OSError as err:
+        return f"（无法保存到 {path}：{err.strerror or err}）"
+    saved.add(path.resolve())
+    return f"（对话已保存到 {path}）"
 
 
 def interactive(session: ChatSession, as_json: bool) -> None:
     tty = sys.stdin.isatty()
     if tty:
         print("心理咨询助手已就绪。输入 /exit 退出，/reset 清空对话。")
+    saved: set[Path] = set()
     while True:
         try:
-            line = input("用户：" if tty else "")
+            line = _clean_input(input("用户：" if tty else ""))
         except EOFError:
             break
-        line = line.strip()
         if not line:
             continue
-        if line.startswith("/"):
-            if not _command(session, line):
+        if line.split(" ", 1)[0] in COMMANDS:  # anything else, "/我不想活了" too, is a message
+            if not _command(session, line, as_json, saved):
                 break
             continue
         if tty and not as_json:
@@ -126,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.host not in ("127.0.0.1", "localhost", "::1"):
                 print(f"warning: serving on {args.host}: anyone who can reach this address can read the conversations.", file=sys.stderr)
-            serve(session, args.host, args.port)
+            try:
+                serve(session, args.host, args.port)
+            except OSError as err:  # the port is taken, or the host is not this machine's
+                raise PrepError(f"cannot serve on {args.host}:{args.port} ({err}); pick another --port or --host.") from None
         elif args.prompt is not None:
-            _print_reply(session, args.prompt, args.json)
+            _print_reply(session, _clean_input(args.prompt), args.json)
         else:
             interactive(session, args.json)
     except PrepError as err:
@@ -136,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader (| head) stopped reading: nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

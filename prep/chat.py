@@ -8,6 +8,7 @@ crisis detector flags carries the hotline referral, whatever the model said.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,6 +67,23 @@ class GenerationOptions:
     max_new_tokens: int = 512
     repetition_penalty: float = 1.1
 
+    def __post_init__(self) -> None:
+        """Bad settings are one sentence before the model loads, not a transformers traceback on the first message."""
+        problems = [
+            f"--temperature {self.temperature}: expected 0 (greedy) or more" if not 0 <= self.temperature < math.inf else "",
+            f"--top-p {self.top_p}: expected more than 0 and at most 1" if not 0 < self.top_p <= 1 else "",
+            f"--max-new-tokens {self.max_new_tokens}: expected 1 or more" if not self.max_new_tokens >= 1 else "",
+            f"--repetition-penalty {self.repetition_penalty}: expected more than 0 (1 is none)"
+            if not 0 < self.repetition_penalty < math.inf else "",
+        ]
+        if any(problems):
+            raise PrepError("; ".join(p for p in problems if p) + ".")
+
+
+# The answer to a message that does not fit in the context window with the system prompt and the reply's room.
+TOO_LONG = ("（这条消息太长了：连同系统提示共 {tokens} 个 token，超过了一次能读的 {budget} 个。"
+            "请分几段发送，或者精简一下再发。）")
+
 
 @dataclass
 class Reply:
@@ -96,6 +114,17 @@ def latest_merged_model(runs_dir: Path = RUNS_DIR) -> Path:
     if not candidates:
         raise PrepError(f"no merged model under {runs_dir}; run 'bash run_sft.sh demo' first or pass --model DIR.")
     return max(candidates, key=lambda p: (p / "config.json").stat().st_mtime)
+
+
+def _loaded(path: Path, what: str, load, *args, **kwargs):
+    """``load(*args, **kwargs)``, with a corrupt file (config.json that is not JSON, truncated weights) as one
+    sentence instead of a transformers traceback."""
+    try:
+        return load(*args, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PrepError(f"{path}: cannot load the {what} ({first_line[:300]}); expected an unmodified llamafactory-cli "
+                        "export or train output.") from None
 
 
 def check_model_dir(path: Path) -> Path:
@@ -230,7 +259,7 @@ class ChatSession:
         from transformers import AutoTokenizer
 
         source = self.adapter_dir if self.adapter_dir and (Path(self.adapter_dir) / "tokenizer_config.json").exists() else self.model_dir
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = _loaded(source, "tokenizer", AutoTokenizer.from_pretrained, source)
         if not tokenizer.chat_template:
             raise PrepError(f"{source}: the tokenizer has no chat template; export with 'template: llama3'.")
         return tokenizer
@@ -253,7 +282,7 @@ class ChatSession:
 
             kwargs["quantization_config"] = BitsAndBytesConfig(**{f"load_in_{self.quantization}": True})
             kwargs["device_map"] = "auto"
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, **kwargs)
+        model = _loaded(self.model_dir, "model", AutoModelForCausalLM.from_pretrained, self.model_dir, **kwargs)
         if not self.quantization:
             model = model.to("cuda" if cuda else "cpu")
         if self.adapter_dir:
@@ -261,7 +290,7 @@ class ChatSession:
                 raise PrepError(f"{self.adapter_dir}: no adapter_config.json; expected a LoRA output folder (llamafactory-cli train).")
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, self.adapter_dir)
+            model = _loaded(self.adapter_dir, "adapter", PeftModel.from_pretrained, model, self.adapter_dir)
         return model.eval()
 
     def _compile(self):
@@ -460,9 +489,9 @@ class ChatSession:
                 processors.append(TopPLogitsWarper(self.options.top_p))
         return processors
 
-    def _next_tokens(self, input_ids, cache, past: int) -> Iterator[int]:
-        """Generate token ids one at a time in this thread, extending ``cache`` (which holds the first ``past``
-        tokens of ``input_ids``); the stop token comes last.
+    def _next_tokens(self, input_ids, cache, past: int, limit: int) -> Iterator[int]:
+        """Generate up to ``limit`` token ids one at a time in this thread, extending ``cache`` (which holds the first
+        ``past`` tokens of ``input_ids``); the stop token comes last.
 
         A plain decode loop rather than ``generate`` with a streamer thread: streaming
         needs no second thread, and the KV cache stays in this session's hands. (The
@@ -473,7 +502,7 @@ class ChatSession:
         processors, sample = self._logits_processors(), self.options.temperature > 0
         sequence = input_ids
         step_ids = input_ids[:, past:]
-        for _ in range(self.options.max_new_tokens):
+        for _ in range(limit):
             with torch.no_grad():
                 scores = processors(sequence, self._forward(step_ids, cache, past).float())
                 past += step_ids.shape[1]
@@ -492,7 +521,13 @@ class ChatSession:
         """Yield the reply as it is generated; the safety referral (if any) comes last."""
         start = time.perf_counter()
         crisis = detect_crisis(message).crisis
+        dropped = self._dropped
         input_ids = self._prompt_ids(message).to(self.model.device)
+        room = self.context_tokens - input_ids.shape[1]  # for the reply: the window is never exceeded
+        if room < 1:  # the message alone (with the system prompt) fills the context: say so, not run past it
+            self._dropped = dropped
+            yield from self._decline(TOO_LONG.format(tokens=input_ids.shape[1], budget=self.context_tokens), crisis, start)
+            return
         prompt_ids = input_ids[0].tolist()
         cache, past = self._reusable_cache(prompt_ids)
         if cache is None or (cache is self._static and not self._fits_static(len(prompt_ids))):
@@ -501,7 +536,7 @@ class ChatSession:
         self._cache, self._cache_ids = None, []  # until this reply completes, nothing is reusable
         decoder = IncrementalDecoder(self.tokenizer)
         pieces, generated, first, first_token = [], [], None, None
-        for token in self._next_tokens(input_ids, cache, past):
+        for token in self._next_tokens(input_ids, cache, past, min(self.options.max_new_tokens, room)):
             first_token = first_token or time.perf_counter()
             generated.append(token)
             piece = decoder.push(token) if token not in self.stop_ids else ""
@@ -528,6 +563,12 @@ class ChatSession:
                                 (count - 1) / (end - first_token) if end > first_token and count > 1 else 0.0, first_token - start,
                                 prefill)
         self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": final}]
+
+    def _decline(self, notice: str, crisis: bool, start: float) -> Iterator[str]:
+        """Answer with ``notice`` instead of the model (the guard's referral still added); the history is unchanged."""
+        final, added = ensure_referral(notice, self.hotlines) if crisis and self.guard else (notice, False)
+        self.last_reply = Reply(final, crisis, added, 0, time.perf_counter() - start, 0.0, time.perf_counter() - start, 0)
+        yield final
 
     def ask(self, message: str) -> Reply:
         """Answer one message (non-streaming use)."""

@@ -122,8 +122,9 @@ def _to_simplified(text: str) -> str:
 
 
 def normalise_for_detection(text: str) -> str:
-    """Simplified characters, no tone marks (sǐ -> si), no symbols inside words (自$杀 -> 自杀), lower case."""
-    text = _to_simplified(text or "")
+    """Simplified characters, no tone marks (sǐ -> si), no symbols inside words (自$杀 -> 自杀), lower case.
+    Undecodable bytes (lone surrogates from a non-UTF-8 terminal) become U+FFFD rather than an error."""
+    text = _to_simplified((text or "").encode("utf-8", "replace").decode("utf-8"))
     decomposed = unicodedata.normalize("NFKD", text)
     if decomposed != text:  # only texts with accents or compatibility forms pay for the per-character pass
         text = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
@@ -146,7 +147,8 @@ _REFERRAL = re.compile(
     r"热线|12356|400-?161-?9995|(?<!\d)12[03](?!\d)|(?<!\d)110(?!\d)|心理医生|精神科|心理科|急诊|医院"
     r"|专业(?:的)?(?:心理)?(?:咨询|帮助|人员|人士|机构|支持|医生|治疗)|咨询师|危机干预",
 )
-_HOTLINE = re.compile(r"12356|400-?161-?9995")
+_PHONE_NUMBER = re.compile(r"\d[\d\- ]*\d")
+_EMERGENCY = re.compile(r"(?<!\d)(?:120|110)(?!\d)")
 
 
 @dataclass
@@ -194,13 +196,41 @@ def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult
     """``detect_crisis`` for many messages, the classifier scoring them in vectorised slices."""
     cleaned = [_cleaned(text) for text in texts]
     model = bundled_model(_cleaned) if use_model else None
-    scores: list[float] = []
-    for start in range(0, len(cleaned), _SCORE_SLICE):  # bounded memory: ~180 bytes per character in a slice
-        part = cleaned[start:start + _SCORE_SLICE]
-        scores += _learned_probabilities(part, model)
+    windows = [_windows(text) for text in cleaned]
+    scores = _scores(cleaned + [window for text_windows in windows for window in text_windows], model)
+    window_scores = iter(scores[len(cleaned):])
     # Without a classifier (switched off, or no labelled data found) the lexicon decides alone.
     floor = LEXICON_FLOOR if model is not None else 0.0
-    return [_decide(text, score, floor) for text, score in zip(cleaned, scores)]
+    results = []
+    for text, score, text_windows in zip(cleaned, scores, windows):
+        found = _decide(text, score, floor)
+        for window in text_windows:  # every window is scored (the iterator stays aligned), the first hit counts
+            part = _decide(window, next(window_scores), floor)
+            found = part if part.crisis and not found.crisis else found
+        results.append(found)
+    return results
+
+
+# A long message is also judged a window at a time: in the whole text a crisis sentence's n-grams are diluted by
+# the ordinary ones around it (a crisis message from the blind test sets, with two ordinary messages before and
+# after it, was found 27% of the time; by windows 77%; bench/README.md).
+_SENTENCE_END = re.compile(r"[。.!?;；\n]+")
+
+
+def _windows(cleaned: str) -> list[str]:
+    """The parts of a message of two or more sentences judged on their own: each sentence when there are two,
+    each two neighbouring sentences when there are more (a sentence keeps some context: 我撑不下去了。想结束这一切。)."""
+    sentences = [s for s in _SENTENCE_END.split(cleaned) if len(_NON_SPACE.sub("", s)) >= LEARNED_MIN_CHARS]
+    if len(sentences) < 2:
+        return []
+    return sentences if len(sentences) == 2 else [f"{a}。{b}" for a, b in zip(sentences, sentences[1:])]
+
+
+def _scores(cleaned: list[str], model) -> list[float]:
+    scores: list[float] = []
+    for start in range(0, len(cleaned), _SCORE_SLICE):  # bounded memory: ~180 bytes per character in a slice
+        scores += _learned_probabilities(cleaned[start:start + _SCORE_SLICE], model)
+    return scores
 
 
 def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
@@ -244,12 +274,23 @@ def referral_text(hotlines: tuple[str, ...] = DEFAULT_HOTLINES) -> str:
     )
 
 
+def names_every_hotline(reply: str, hotlines: tuple[str, ...] = DEFAULT_HOTLINES) -> bool:
+    """Whether ``reply`` gives the number of every hotline (or its name, when it has none) and an emergency number:
+    a reply that mentions one hotline in passing (之前有人说可以打12356，但…) is not a referral."""
+    digits = re.sub(r"[\- ]", "", reply)
+    for hotline in hotlines:
+        numbers = [re.sub(r"[\- ]", "", n) for n in _PHONE_NUMBER.findall(hotline)]
+        if not (all(n in digits for n in numbers) if numbers else hotline in reply):
+            return False
+    return bool(_EMERGENCY.search(reply))
+
+
 def ensure_referral(reply: str, hotlines: tuple[str, ...] = DEFAULT_HOTLINES) -> tuple[str, bool]:
-    """Append the hotline referral to ``reply`` unless it already names a hotline.
+    """Append the hotline referral to ``reply`` unless it already gives every hotline and an emergency number.
 
     Returns the reply and whether the referral was added.
     """
-    if _HOTLINE.search(reply or ""):
+    if names_every_hotline(reply or "", hotlines):
         return reply, False
     joiner = "\n\n" if reply.strip() else ""
     return f"{reply.rstrip()}{joiner}{referral_text(hotlines)}", True

@@ -10,9 +10,14 @@ from __future__ import annotations
 import threading
 
 from prep.chat import ChatSession
+from prep.safety import EMERGENCY_NUMBERS
 
 TITLE = "心理咨询助手"
-DESCRIPTION = "我会认真倾听你的烦恼。如果你正处在危险中，请立即拨打 120 或 110，或联系全国心理援助热线 12356、希望24热线 400-161-9995。"
+
+
+def description(hotlines: tuple[str, ...]) -> str:
+    """The line under the title, naming the hotlines the guard names (--hotline)."""
+    return f"我会认真倾听你的烦恼。如果你正处在危险中，请立即拨打 {EMERGENCY_NUMBERS}，或联系{'、'.join(hotlines)}。"
 
 
 def build_app(session: ChatSession):
@@ -40,7 +45,7 @@ def build_app(session: ChatSession):
         return [], [], ""
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
-        gr.Markdown(f"## {TITLE}\n{DESCRIPTION}")
+        gr.Markdown(f"## {TITLE}\n{description(session.hotlines)}")
         chatbot = gr.Chatbot(type="messages", label="对话", height=480, elem_id="chatbot")
         history = gr.State([])
         with gr.Row():

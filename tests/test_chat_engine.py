@@ -230,3 +230,21 @@ def test_compiled_session_answers_a_message_longer_than_its_budget(tiny_model):
     assert not calls
     assert compiled.ask(short_message).text == eager.ask(short_message).text
     assert calls
+
+
+def test_a_message_longer_than_the_context_is_declined_with_the_guard_and_the_history_kept(tiny_model):
+    """It was fed to the model whole, past the window the model was built for; a reply was not capped to the room
+    the context leaves either. Now the user is told, a crisis still gets the referral, and the conversation goes on."""
+    from prep.chat import ChatSession, GenerationOptions
+
+    session = ChatSession(tiny_model, options=GenerationOptions(temperature=0, max_new_tokens=16), context_tokens=200)
+    first = session.ask("我最近总是失眠")
+    history = list(session.history)
+    declined = session.ask("我不想活了。" + MESSAGE * 30)
+    assert declined.text.startswith("（这条消息太长了") and declined.tokens == 0
+    assert declined.referral_added and "12356" in declined.text and session.history == history
+    assert "我最近总是失眠" in session.tokenizer.decode(session._prompt_ids("还在吗")[0]) and first.tokens > 0
+    near_full = MESSAGE * 4
+    while session._prompt_ids(near_full).shape[1] < 195:
+        near_full += "好"
+    assert session.ask(near_full).tokens <= 200 - session._prompt_ids(near_full).shape[1]

@@ -19,8 +19,8 @@ from prep.crisis_model import THRESHOLD
 from prep.safety import crisis_score, detect_crisis
 
 BLIND_SETS = [f"crisis_holdout{n}.csv" for n in range(2, 10)]
-RECALL_FLOOR = 0.94  # target 0.95 per set: 1.000, 0.975, 0.973, 0.953, 0.947, 0.980, 0.973, 0.947
-FALSE_POSITIVE_CEILING = 0.08  # target 0.05 per set: 0.010, 0.058, 0.040, 0.007, 0.033, 0.033, 0.073, 0.067
+RECALL_FLOOR = 0.94  # target 0.95 per set: 1.000, 0.975, 0.987, 0.960, 0.947, 0.987, 0.973, 0.960
+FALSE_POSITIVE_CEILING = 0.08  # target 0.05 per set: 0.030, 0.058, 0.053, 0.013, 0.047, 0.033, 0.073, 0.080
 
 
 def rates(frame, use_model=True):
@@ -60,3 +60,21 @@ def test_classifier_learns_its_training_sets():
     assert len(frame) >= 1500
     predicted = frame.text.map(crisis_score) >= THRESHOLD
     assert predicted[frame.label == 1].mean() >= 0.95 and predicted[frame.label == 0].mean() <= 0.05
+
+
+def test_a_crisis_message_inside_a_long_one_is_still_found():
+    """Each blind crisis message with two ordinary messages from the blind sets before and after it (~120
+    characters): judged only whole, its n-grams were diluted and 27% were found; the detector also judges
+    windows of two sentences. Ordinary messages joined five at a time are the false-alarm side (each part alone
+    fires 4% of the time, so five joined would fire about 19% of the time if sent one by one)."""
+    import random
+
+    frame = pd.concat([load(ROOT / "data" / "tests" / name) for name in BLIND_SETS])
+    crisis, ordinary = list(frame.text[frame.label == 1]), list(frame.text[frame.label == 0])
+    rng = random.Random(0)
+    joined = lambda texts: "".join(text.rstrip("。！？!?") + "。" for text in texts)
+    long_crisis = [joined(rng.sample(ordinary, 2)) + text + joined(rng.sample(ordinary, 2)) for text in crisis]
+    long_ordinary = [joined(rng.sample(ordinary, 5)) for _ in crisis]
+    recall = sum(detect_crisis(text).crisis for text in long_crisis) / len(long_crisis)
+    false_alarms = sum(detect_crisis(text).crisis for text in long_ordinary) / len(long_ordinary)
+    assert recall >= 0.75 and false_alarms <= 0.16, f"recall {recall:.3f}, false alarms {false_alarms:.3f}"

@@ -188,3 +188,51 @@ def test_run_sft_resume_continues_from_the_last_checkpoint(tmp_path, tiny_model)
     log = [json.loads(line) for line in (repo / "runs" / "r" / "lora" / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [entry["current_steps"] for entry in log if "loss" in entry] == [5, 10, 15, 20, 25, 30]  # not restarted at step 1
     assert not (repo / "runs" / "r" / "merged").exists()
+
+
+def test_terminal_session_survives_bad_saves_odd_input_and_keeps_stdout_json(merged_model, tmp_path):
+    """A /save that cannot be written ended the session with a traceback; /save replaced any existing file; a line starting
+    with / that is not a command (/我不想活了) was swallowed as one, so the crisis guard never ran; a BOM from a
+    Windows file and bytes that are not UTF-8 crashed or hid /exit; with --json, command notes broke the JSON lines."""
+    notes, saved = tmp_path / "notes.txt", tmp_path / "talk.json"
+    notes.write_text("my notes", encoding="utf-8")
+    lines = [f"\ufeff{QA[0][0]}", f"/save {notes}/x.json", f"/save {notes}", f"/save {saved}", "/我不想活了", f"/save {saved}"]
+    stdin = "\n".join(lines).encode("utf-8") + b"\n\xff\xfe" + QA[1][0].encode("utf-8") + b"\n/exit\n" + QA[2][0].encode("utf-8") + b"\n"
+    result = subprocess.run([sys.executable, "chat.py", "--model", str(merged_model), "--json", "--temperature", "0",
+                             "--repetition-penalty", "1.0", "--max-new-tokens", "48"],
+                            cwd=ROOT, env=tool_env(), input=stdin, capture_output=True, timeout=300)
+    stderr = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
+    answers = [json.loads(line) for line in result.stdout.decode("utf-8").splitlines() if line.strip()]  # JSON only
+    assert len(answers) == 3  # the BOM line, /我不想活了, the undecodable line; nothing after /exit
+    assert answers[0]["reply"] == QA[0][1] and answers[1]["safety"] == {"crisis": True, "referral_added": True}
+    assert notes.read_text(encoding="utf-8") == "my notes" and "已存在" in stderr and "无法保存" in stderr
+    assert (saved.stat().st_mode & 0o777) == 0o600
+    assert [m["content"] for m in json.loads(saved.read_text(encoding="utf-8"))["messages"]][2] == "/我不想活了"
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--repetition-penalty", "0"], "error: --repetition-penalty 0.0: expected more than 0 (1 is none)."),
+    (["--top-p", "1.5", "--temperature", "-1"], "error: --temperature -1.0: expected 0 (greedy) or more; --top-p 1.5: expected more than 0 and at most 1."),
+    (["--max-new-tokens", "0"], "error: --max-new-tokens 0: expected 1 or more."),
+])
+def test_bad_generation_options_are_one_sentence_before_the_model_loads(merged_model, flags, expected):
+    result = subprocess.run([sys.executable, "chat.py", "--model", str(merged_model), "--prompt", "你好", *flags], cwd=ROOT,
+                            env=tool_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.strip() == expected
+
+
+def test_a_corrupt_model_folder_a_bad_port_and_a_closed_pipe_end_without_a_traceback(merged_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(merged_model, broken)
+    (broken / "config.json").write_text("{not json", encoding="utf-8")
+    result = subprocess.run([sys.executable, "chat.py", "--model", str(broken), "--prompt", "你好"], cwd=ROOT, env=tool_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {broken}: cannot load the ") and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "chat.py", "--web", "--port", "99999"], cwd=ROOT, env=tool_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "'99999' is not a port" in result.stderr
+    reader = subprocess.Popen([sys.executable, "chat.py", "--model", str(merged_model), "--prompt", QA[0][0]], cwd=ROOT,
+                              env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.close()  # as `| head -c 0` would: the reply has nowhere to go
+    assert reader.wait(timeout=300) == 0 and b"Traceback" not in reader.stderr.read()

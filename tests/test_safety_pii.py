@@ -23,6 +23,17 @@ def test_guard_adds_hotlines_once():
     assert again == reply and not added_again
 
 
+def test_a_reply_naming_one_hotline_in_passing_still_gets_the_referral():
+    """One number in passing (之前有人说可以打12356，但…) was taken as a referral, and a configured hotline
+    (--hotline) never appeared; undecodable input must not crash the detector."""
+    reply, added = ensure_referral("之前有人说可以打12356，但我更想先听你说说。")
+    assert added and "400-161-9995" in reply and "120" in reply
+    reply, added = ensure_referral("请拨打全国心理援助热线 12356。", ("Samaritans 116 123",))
+    assert added and "Samaritans 116 123" in reply
+    assert not ensure_referral("请拨打 12356 或 400 161 9995，紧急时拨打 110。")[1]
+    assert detect_crisis("\udcff我不想活了").crisis
+
+
 def test_referral_detection():
     assert refers_to_help("请拨打全国心理援助热线 12356")
     assert refers_to_help("建议你尽快寻求专业的心理咨询")
