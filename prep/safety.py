@@ -279,7 +279,7 @@ def names_every_hotline(reply: str, hotlines: tuple[str, ...] = DEFAULT_HOTLINES
     a reply that mentions one hotline in passing (之前有人说可以打12356，但…) is not a referral."""
     digits = re.sub(r"[\- ]", "", reply)
     for hotline in hotlines:
-        numbers = [re.sub(r"[\- ]", "", n) for n in _PHONE_NUMBER.findall(hotline)]
+        numbers = [n for n in (re.sub(r"[\- ]", "", n) for n in _PHONE_NUMBER.findall(hotline)) if len(n) >= 3]  # not 希望24热线's 24
         if not (all(n in digits for n in numbers) if numbers else hotline in reply):
             return False
     return bool(_EMERGENCY.search(reply))
