@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from prep.chat import ChatSession, GenerationOptions, latest_merged_model  # noqa: E402
+from prep.chat import ChatSession, GenerationOptions, clean_message, latest_merged_model  # noqa: E402
 from prep.errors import PrepError  # noqa: E402
 from prep.fsutil import atomic_write_json  # noqa: E402
 from prep.prompts import DEFAULT_SYSTEM_PROMPT  # noqa: E402
@@ -70,9 +70,8 @@ def _note(text: str, as_json: bool) -> None:
 
 
 def _clean_input(text: str) -> str:
-    """A line as typed: bytes that were not UTF-8 become U+FFFD (not a crash in the tokenizer or the crisis detector),
-    a byte-order mark from a Windows file goes, and so does surrounding whitespace."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").lstrip("\ufeff").strip()
+    """A line as typed (see ``clean_message``), without a byte-order mark from a Windows file."""
+    return clean_message(text).lstrip("\ufeff").strip()
 
 
 def _print_reply(session: ChatSession, message: str, as_json: bool) -> None:
@@ -110,8 +109,7 @@ def _save(session: ChatSession, path: Path, saved: set[Path]) -> str:
     if path.exists() and path.resolve() not in saved:
         return f"（{path} 已存在，没有覆盖；请换一个文件名）"
     try:
-        atomic_write_json(path, {"system": session.system, "messages": session.history})
-        os.chmod(path, 0o600)
+        atomic_write_json(path, {"system": session.system, "messages": session.history}, mode=0o600)
     except OSError as err:
         return f"（无法保存到 {path}：{err.strerror or err}）"
     saved.add(path.resolve())
@@ -123,6 +121,8 @@ def interactive(session: ChatSession, as_json: bool) -> None:
     if tty:
         print("心理咨询助手已就绪。输入 /exit 退出，/reset 清空对话。")
     saved: set[Path] = set()
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach _clean_input instead of raising (any locale)
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             line = _clean_input(input("用户：" if tty else ""))

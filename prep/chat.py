@@ -116,12 +116,22 @@ def latest_merged_model(runs_dir: Path = RUNS_DIR) -> Path:
     return max(candidates, key=lambda p: (p / "config.json").stat().st_mtime)
 
 
+def clean_message(text: str) -> str:
+    """A message's text with undecodable bytes (lone surrogates from a non-UTF-8 terminal or browser) as U+FFFD,
+    which the tokenizer and the crisis detector can take."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # bytes Python could not decode: back to bytes, then U+FFFD
+    except UnicodeEncodeError:  # other lone surrogates (a browser's): "?"
+        raw = text.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
 def _loaded(path: Path, what: str, load, *args, **kwargs):
     """``load(*args, **kwargs)``, with a corrupt file (config.json that is not JSON, truncated weights) as one
     sentence instead of a transformers traceback."""
     try:
         return load(*args, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 - safetensors and tokenizers raise their own types; Ctrl-C still passes
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise PrepError(f"{path}: cannot load the {what} ({first_line[:300]}); expected an unmodified llamafactory-cli "
                         "export or train output.") from None

@@ -30,14 +30,16 @@ _FILE_MODE = 0o666 & ~_process_umask()
 _staged = threading.local()  # .renames: (temp file, target) pairs waiting for the end of all_or_nothing()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file intact; an existing file keeps its mode.
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file intact; an existing file keeps its mode
+    unless ``mode`` is given (set before any data is written: 0o600 for a private file is never readable by others).
 
     Inside ``all_or_nothing()`` the rename waits for the end of the block.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else _FILE_MODE
+    if mode is None:
+        mode = path.stat().st_mode & 0o777 if path.exists() else _FILE_MODE
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)
@@ -103,9 +105,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_json(path: Path, obj: Any, mode: int | None = None) -> None:
     """Write ``obj`` as pretty UTF-8 JSON (Chinese kept readable, 2-space indent) atomically.
 
     orjson: the standard library's indenting encoder is pure Python, seconds for a 100k-row dataset.
     """
-    atomic_write_bytes(path, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
+    atomic_write_bytes(path, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n", mode)

@@ -147,8 +147,10 @@ _REFERRAL = re.compile(
     r"热线|12356|400-?161-?9995|(?<!\d)12[03](?!\d)|(?<!\d)110(?!\d)|心理医生|精神科|心理科|急诊|医院"
     r"|专业(?:的)?(?:心理)?(?:咨询|帮助|人员|人士|机构|支持|医生|治疗)|咨询师|危机干预",
 )
-_PHONE_NUMBER = re.compile(r"\d[\d\- ]*\d")
-_EMERGENCY = re.compile(r"(?<!\d)(?:120|110)(?!\d)")
+_PHONE_NUMBER = re.compile(r"\d(?:[\s\-–—.()（）]*\d)+")
+_NUMBER_SEPARATORS = re.compile(r"(?<=\d)[\s\-–—.()（）]+(?=\d)")
+# 120 / 110 on their own, not inside another number nor a count (坚持了120天, 110元)
+_EMERGENCY = re.compile(r"(?<!\d)(?:120|110)(?!\d)(?![天分秒元块岁个次年月号斤公里米])")
 
 
 @dataclass
@@ -218,12 +220,11 @@ _SENTENCE_END = re.compile(r"[。.!?;；\n]+")
 
 
 def _windows(cleaned: str) -> list[str]:
-    """The parts of a message of two or more sentences judged on their own: each sentence when there are two,
-    each two neighbouring sentences when there are more (a sentence keeps some context: 我撑不下去了。想结束这一切。)."""
+    """The parts of a message of three or more sentences judged on their own, by the whole message's rule: each
+    two neighbouring sentences, so a sentence keeps some context (我撑不下去了。想结束这一切。) and a discount next to
+    it still applies (去年我想过自杀。现在已经走出来了。). A message of two sentences is judged only whole."""
     sentences = [s for s in _SENTENCE_END.split(cleaned) if len(_NON_SPACE.sub("", s)) >= LEARNED_MIN_CHARS]
-    if len(sentences) < 2:
-        return []
-    return sentences if len(sentences) == 2 else [f"{a}。{b}" for a, b in zip(sentences, sentences[1:])]
+    return [f"{a}。{b}" for a, b in zip(sentences, sentences[1:])] if len(sentences) >= 3 else []
 
 
 def _scores(cleaned: list[str], model) -> list[float]:
@@ -247,17 +248,18 @@ def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
         return CrisisResult(False, score=score)
     matches = self_harm + harm_others
     kind = "self_harm" if self_harm else "harm_others" if harm_others else "learned"
-    if score >= DISCOUNT_CEILING:
-        return CrisisResult(True, kind, matches, score)
-    if _THIRD_PARTY.search(cleaned) and not _FIRST_PERSON.search(cleaned):
-        return CrisisResult(False, matches=matches, score=score)
-    if _PROFESSIONAL.search(cleaned) and not _SELF_STATEMENT.search(cleaned):
-        return CrisisResult(False, matches=matches, score=score)
-    if _PAST.search(cleaned) and _RECOVERED.search(cleaned) and not _CURRENT.search(cleaned):
-        return CrisisResult(False, matches=matches, score=score)
-    if harm_others and not self_harm and _JOKE.search(cleaned):
+    if score < DISCOUNT_CEILING and _discounted(cleaned, kind):
         return CrisisResult(False, matches=matches, score=score)
     return CrisisResult(True, kind, matches, score)
+
+
+def _discounted(cleaned: str, kind: str) -> bool:
+    """Whether the message's context says it is no crisis: someone else's or a professional's story, a past
+    and recovered risk, or (for harm to others alone) a joke."""
+    return bool((_THIRD_PARTY.search(cleaned) and not _FIRST_PERSON.search(cleaned))
+                or (_PROFESSIONAL.search(cleaned) and not _SELF_STATEMENT.search(cleaned))
+                or (_PAST.search(cleaned) and _RECOVERED.search(cleaned) and not _CURRENT.search(cleaned))
+                or (kind == "harm_others" and _JOKE.search(cleaned)))
 
 
 def refers_to_help(answer: str) -> bool:
@@ -277,10 +279,11 @@ def referral_text(hotlines: tuple[str, ...] = DEFAULT_HOTLINES) -> str:
 def names_every_hotline(reply: str, hotlines: tuple[str, ...] = DEFAULT_HOTLINES) -> bool:
     """Whether ``reply`` gives the number of every hotline (or its name, when it has none) and an emergency number:
     a reply that mentions one hotline in passing (之前有人说可以打12356，但…) is not a referral."""
-    digits = re.sub(r"[\- ]", "", reply)
+    reply = _NUMBER_SEPARATORS.sub("", unicodedata.normalize("NFKC", reply))  # １２３５６, 400－161－9995, (010) 8295…
     for hotline in hotlines:
-        numbers = [n for n in (re.sub(r"[\- ]", "", n) for n in _PHONE_NUMBER.findall(hotline)) if len(n) >= 3]  # not 希望24热线's 24
-        if not (all(n in digits for n in numbers) if numbers else hotline in reply):
+        numbers = [n for n in (_NUMBER_SEPARATORS.sub("", m) for m in _PHONE_NUMBER.findall(unicodedata.normalize("NFKC", hotline)))
+                   if len(n) >= 3]  # not 希望24热线's 24
+        if not (all(re.search(rf"(?<!\d){n}(?!\d)", reply) for n in numbers) if numbers else hotline in reply):
             return False
     return bool(_EMERGENCY.search(reply))
 

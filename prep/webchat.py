@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from prep.chat import ChatSession
+from prep.chat import ChatSession, clean_message
 from prep.safety import EMERGENCY_NUMBERS
 
 TITLE = "心理咨询助手"
@@ -26,7 +26,7 @@ def build_app(session: ChatSession):
     lock = threading.Lock()
 
     def respond(message: str, chat: list[dict], history: list[dict]):
-        message = (message or "").strip()
+        message = clean_message(message or "").strip()
         if not message:
             yield "", chat, history
             return

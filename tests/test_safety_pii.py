@@ -31,7 +31,18 @@ def test_a_reply_naming_one_hotline_in_passing_still_gets_the_referral():
     reply, added = ensure_referral("请拨打全国心理援助热线 12356。", ("Samaritans 116 123",))
     assert added and "Samaritans 116 123" in reply
     assert not ensure_referral("请拨打 12356 或 400 161 9995，紧急时拨打 110。")[1]
+    assert not ensure_referral("请拨打１２３５６或400－161－9995，紧急拨打１２０。")[1]  # full-width, as IMEs type them
+    for in_passing in ("我的工号是9912356，订单号4001619995123，保单号110。", "请打12356或400-161-9995，坚持了120天"):
+        assert ensure_referral(in_passing)[1], in_passing  # numbers inside others, a count of days: no referral
     assert detect_crisis("\udcff我不想活了").crisis
+
+
+def test_a_discount_in_the_next_sentence_still_applies():
+    """Judging a long message by windows must not judge a risky sentence apart from the context beside it."""
+    for text in ("去年我想过自杀。现在已经走出来了。", "我要杀了他。哈哈开玩笑的。", "农药不小心溅到手上了，要怎么处理？我在地里打药。",
+                 "去年我想过自杀。现在已经走出来了。最近工作很忙，想问问怎么调整作息。"):
+        assert not detect_crisis(text).crisis, text
+    assert detect_crisis("最近工作很忙。每天加班到半夜。我真的不想活了。老板还在催。").crisis
 
 
 def test_referral_detection():
