@@ -147,10 +147,12 @@ _REFERRAL = re.compile(
     r"热线|12356|400-?161-?9995|(?<!\d)12[03](?!\d)|(?<!\d)110(?!\d)|心理医生|精神科|心理科|急诊|医院"
     r"|专业(?:的)?(?:心理)?(?:咨询|帮助|人员|人士|机构|支持|医生|治疗)|咨询师|危机干预",
 )
-_PHONE_NUMBER = re.compile(r"\d(?:[\s\-–—.()（）]*\d)+")
-_NUMBER_SEPARATORS = re.compile(r"(?<=\d)[\s\-–—.()（）]+(?=\d)")
-# 120 / 110 on their own, not inside another number nor a count (坚持了120天, 110元)
-_EMERGENCY = re.compile(r"(?<!\d)(?:120|110)(?!\d)(?![天分秒元块岁个次年月号斤公里米])")
+# A phone number: digits with at most one separator between two of them (400-161-9995, 400 161 9995, 12356).
+_SEPARATOR = "[-–—. ]"
+_PHONE_NUMBER = re.compile(rf"\d(?:{_SEPARATOR}?\d)+")
+_NUMBER_END = rf"(?![-–—.]?\d)"
+# 120 / 110 on their own: not inside another number (400-110-2345) nor a count (坚持了120天, 110元)
+_EMERGENCY = re.compile(rf"(?<!\d)(?<!\d[-–—.])(?:120|110){_NUMBER_END}(?![天分秒元块岁个次年月斤公里米])")
 
 
 @dataclass
@@ -208,7 +210,8 @@ def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult
         found = _decide(text, score, floor)
         for window in text_windows:  # every window is scored (the iterator stays aligned), the first hit counts
             part = _decide(window, next(window_scores), floor)
-            found = part if part.crisis and not found.crisis else found
+            if part.crisis and not found.crisis and _window_counts(text, part):
+                found = part
         results.append(found)
     return results
 
@@ -217,6 +220,15 @@ def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult
 # the ordinary ones around it (a crisis message from the blind test sets, with two ordinary messages before and
 # after it, was found 27% of the time; by windows 77%; bench/README.md).
 _SENTENCE_END = re.compile(r"[。.!?;；\n]+")
+
+
+def _window_counts(cleaned: str, part: CrisisResult) -> bool:
+    """A window's hit stands unless the whole message's context discounts it (哈哈开玩笑的 or 现在已经走出来了 two
+    sentences away), and a hit of the classifier alone only when it is sure (the discount ceiling): each extra window
+    is another chance for a pair of ordinary sentences to cross the threshold."""
+    if _discounted(cleaned, part.kind):
+        return False
+    return part.kind != "learned" or part.score >= DISCOUNT_CEILING
 
 
 def _windows(cleaned: str) -> list[str]:
@@ -279,11 +291,12 @@ def referral_text(hotlines: tuple[str, ...] = DEFAULT_HOTLINES) -> str:
 def names_every_hotline(reply: str, hotlines: tuple[str, ...] = DEFAULT_HOTLINES) -> bool:
     """Whether ``reply`` gives the number of every hotline (or its name, when it has none) and an emergency number:
     a reply that mentions one hotline in passing (之前有人说可以打12356，但…) is not a referral."""
-    reply = _NUMBER_SEPARATORS.sub("", unicodedata.normalize("NFKC", reply))  # １２３５６, 400－161－9995, (010) 8295…
+    reply = unicodedata.normalize("NFKC", reply)  # １２３５６ and 400－161－9995 as ASCII
     for hotline in hotlines:
-        numbers = [n for n in (_NUMBER_SEPARATORS.sub("", m) for m in _PHONE_NUMBER.findall(unicodedata.normalize("NFKC", hotline)))
-                   if len(n) >= 3]  # not 希望24热线's 24
-        if not (all(re.search(rf"(?<!\d){n}(?!\d)", reply) for n in numbers) if numbers else hotline in reply):
+        digits = [re.sub(r"\D", "", n) for n in _PHONE_NUMBER.findall(unicodedata.normalize("NFKC", hotline))]
+        numbers = [n for n in digits if len(n) >= 3]  # not 希望24热线's 24
+        found = [re.search(rf"(?<!\d){f'{_SEPARATOR}?'.join(n)}{_NUMBER_END}", reply) for n in numbers]
+        if not (all(found) if numbers else hotline in reply):
             return False
     return bool(_EMERGENCY.search(reply))
 

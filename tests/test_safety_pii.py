@@ -32,6 +32,9 @@ def test_a_reply_naming_one_hotline_in_passing_still_gets_the_referral():
     assert added and "Samaritans 116 123" in reply
     assert not ensure_referral("请拨打 12356 或 400 161 9995，紧急时拨打 110。")[1]
     assert not ensure_referral("请拨打１２３５６或400－161－9995，紧急拨打１２０。")[1]  # full-width, as IMEs type them
+    for listed in ("1. 全国心理援助热线 12356\n2. 希望24热线 400-161-9995\n3. 紧急情况拨打 120 或 110",
+                   "12356（24小时）和400-161-9995（24小时），紧急拨打120号码", "可以拨打：12356 400-161-9995 120 110"):
+        assert not ensure_referral(listed)[1], listed  # numbers side by side are not one number
     for in_passing in ("我的工号是9912356，订单号4001619995123，保单号110。", "请打12356或400-161-9995，坚持了120天"):
         assert ensure_referral(in_passing)[1], in_passing  # numbers inside others, a count of days: no referral
     assert detect_crisis("\udcff我不想活了").crisis
@@ -40,7 +43,10 @@ def test_a_reply_naming_one_hotline_in_passing_still_gets_the_referral():
 def test_a_discount_in_the_next_sentence_still_applies():
     """Judging a long message by windows must not judge a risky sentence apart from the context beside it."""
     for text in ("去年我想过自杀。现在已经走出来了。", "我要杀了他。哈哈开玩笑的。", "农药不小心溅到手上了，要怎么处理？我在地里打药。",
-                 "去年我想过自杀。现在已经走出来了。最近工作很忙，想问问怎么调整作息。"):
+                 "去年我想过自杀。现在已经走出来了。最近工作很忙，想问问怎么调整作息。",
+                 "我弟把我的游戏存档删了。我要杀了他。哈哈开玩笑的，就是气得不行。",
+                 "最近在追一部电视剧。里面的女二号在第三集跳楼了。拍得太真实了，看得人心里发毛。",
+                 "去年这个时候我每天都想死。后来慢慢找到了新工作。现在已经走出来了。"):
         assert not detect_crisis(text).crisis, text
     assert detect_crisis("最近工作很忙。每天加班到半夜。我真的不想活了。老板还在催。").crisis
 
