@@ -577,7 +577,8 @@ class ChatSession:
     def _decline(self, notice: str, crisis: bool, start: float) -> Iterator[str]:
         """Answer with ``notice`` instead of the model (the guard's referral still added); the history is unchanged."""
         final, added = ensure_referral(notice, self.hotlines) if crisis and self.guard else (notice, False)
-        self.last_reply = Reply(final, crisis, added, 0, time.perf_counter() - start, 0.0, time.perf_counter() - start, 0)
+        elapsed = time.perf_counter() - start
+        self.last_reply = Reply(final, crisis, added, 0, elapsed, 0.0, elapsed, 0)
         yield final
 
     def ask(self, message: str) -> Reply:

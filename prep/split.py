@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 
-from prep.dedup import canonical_text, first_members
+from prep.dedup import canonical_text
 from prep.records import Conversation
 
 # A user turn links the dialogues it appears in when it says something (this many characters, canonical) and is
@@ -39,7 +39,7 @@ def split_groups(records: list[Conversation], near: list[int] | None = None) -> 
             text = canonical_text(turn.content) if turn.role == "user" else ""
             if len(text) >= MIN_SHARED_TURN_CHARS:
                 by_turn[text].add(index)
-    groups = _Groups(first_members(len(records), [(index, rep) for index, rep in enumerate(near or []) if rep != index]))
+    groups = _Groups(list(near) if near else list(range(len(records))))  # near[i] is already its cluster's first member
     limit = max(MAX_SHARED_TURN_RECORDS, int(MAX_GROUP_SHARE * len(records)))
     for members in sorted(sorted(members) for members in by_turn.values() if 1 < len(members) <= MAX_SHARED_TURN_RECORDS):
         for other in members[1:]:
