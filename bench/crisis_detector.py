@@ -10,7 +10,8 @@ the whole detector over the training sources), never on the test sets.
 
 Test sets (data/tests/, never trained or tuned on): crisis_holdout2 (200
 rows), crisis_holdout3 (240 rows), crisis_holdout4 to crisis_holdout8 (300
-rows each), each written by an author who saw neither the detector nor the
+rows each), crisis_long_holdout (300 messages of 80 to 150 characters, a third
+comma-only run-ons), each written by an author who saw neither the detector nor the
 other sets.
 
     python bench/crisis_detector.py          # figures per set
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from prep import crisis_model, safety  # noqa: E402
 from prep.safety import _cleaned, crisis_score, detect_crisis  # noqa: E402
 
-TEST_SETS = tuple(f"crisis_holdout{n}" for n in range(2, 10))
+TEST_SETS = tuple(f"crisis_holdout{n}" for n in range(2, 10)) + ("crisis_long_holdout",)
 
 
 def labelled_sets() -> list[tuple[str, pd.DataFrame]]:

@@ -200,28 +200,29 @@ def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult
     """``detect_crisis`` for many messages, the classifier scoring them in vectorised slices."""
     cleaned = [_cleaned(text) for text in texts]
     model = bundled_model(_cleaned) if use_model else None
-    windows = [_windows(text) for text in cleaned]
-    scores = _scores(cleaned + [window for text_windows in windows for window in text_windows], model)
-    window_scores = iter(scores[len(cleaned):])
+    scores = _scores(cleaned, model)
     # Without a classifier (switched off, or no labelled data found) the lexicon decides alone.
     floor = LEXICON_FLOOR if model is not None else 0.0
-    results = []
-    for text, score, text_windows in zip(cleaned, scores, windows):
-        found = _decide(text, score, floor)
-        for window, window_score in zip(text_windows, window_scores):  # zip takes this text's scores, no more
-            if found.crisis:
-                continue  # (the loop still consumes the scores, so the next text's stay aligned)
-            part = _decide(window, window_score, floor)
-            if part.crisis and _window_counts(text, part):
-                found = part
-        results.append(found)
+    hits = [_lexicon_hits(text) for text in cleaned]
+    results = [_decide(text, score, floor, text_hits) for text, score, text_hits in zip(cleaned, scores, hits)]
+    # A message is judged by windows too if it names a risk somewhere or the classifier gives it at least
+    # _WINDOW_GATE: of the long messages found only by windows 99% pass, of ordinary synthetic questions 9%.
+    windows = [(n, window) for n, (text, score, found, text_hits) in enumerate(zip(cleaned, scores, results, hits))
+               if not found.crisis and (score >= _WINDOW_GATE or any(text_hits)) for window in _windows(text)]
+    for (n, window), window_score in zip(windows, _scores([window for _, window in windows], model)):
+        part = _decide(window, window_score, floor)
+        if not results[n].crisis and part.crisis and _window_counts(cleaned[n], part):
+            results[n] = part
     return results
 
 
 # A long message is also judged a window at a time: in the whole text a crisis sentence's n-grams are diluted by
 # the ordinary ones around it (a crisis message from the blind test sets, with two ordinary messages before and
-# after it, was found 27% of the time; by windows 55%; bench/README.md).
+# after it, was found 27% of the time; by windows of sentences 55%, of pieces 61%; bench/README.md).
 _SENTENCE_END = re.compile(r"[。.!?;；\n]+")
+_CLAUSE_END = re.compile(r"[，,、：:]+|(?<![A-Za-z])\s+|\s+(?![A-Za-z])")  # spaces between English words stay
+_PIECE_CHARS = 15
+_WINDOW_GATE = 0.01
 
 
 def _window_counts(cleaned: str, part: CrisisResult) -> bool:
@@ -234,11 +235,32 @@ def _window_counts(cleaned: str, part: CrisisResult) -> bool:
 
 
 def _windows(cleaned: str) -> list[str]:
-    """The parts of a message of three or more sentences judged on their own, by the whole message's rule: each
-    two neighbouring sentences, so a sentence keeps some context (我撑不下去了。想结束这一切。) and a discount next to
-    it still applies (去年我想过自杀。现在已经走出来了。). A message of two sentences is judged only whole."""
-    sentences = [s for s in _SENTENCE_END.split(cleaned) if len(_NON_SPACE.sub("", s)) >= LEARNED_MIN_CHARS]
-    return [f"{a}。{b}" for a, b in zip(sentences, sentences[1:])] if len(sentences) >= 3 else []
+    """The parts of a message of three or more pieces judged on their own, by the whole message's rule: each two
+    neighbouring pieces, so a piece keeps some context (我撑不下去了。想结束这一切。) and a discount next to it still
+    applies (去年我想过自杀。现在已经走出来了。). A message of two pieces is judged only whole."""
+    pieces = _pieces(cleaned)
+    return [f"{a}。{b}" for a, b in zip(pieces, pieces[1:])] if len(pieces) >= 3 else []
+
+
+def _pieces(cleaned: str) -> list[str]:
+    """The message's sentences, a long one (a run-on typed with commas only, as on a phone) cut at its commas and
+    regrouped into pieces of at least ``_PIECE_CHARS`` characters, about a short sentence's length: without this a
+    crisis clause in a comma-only message of 120 characters was found 28% of the time (58% with; bench/README.md)."""
+    pieces = []
+    for sentence in _SENTENCE_END.split(cleaned):
+        clauses = _CLAUSE_END.split(sentence) if len(sentence) > 2 * _PIECE_CHARS else [sentence]
+        piece = ""
+        for clause in filter(_long_enough, clauses):
+            piece = f"{piece}，{clause}" if piece else clause
+            if len(piece) >= _PIECE_CHARS:
+                pieces.append(piece)
+                piece = ""
+        pieces.append(piece)
+    return list(filter(_long_enough, pieces))
+
+
+def _long_enough(part: str) -> bool:
+    return len(_NON_SPACE.sub("", part)) >= LEARNED_MIN_CHARS
 
 
 def _scores(cleaned: list[str], model) -> list[float]:
@@ -248,12 +270,17 @@ def _scores(cleaned: list[str], model) -> list[float]:
     return scores
 
 
-def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
+def _lexicon_hits(cleaned: str) -> tuple[list[str], list[str]]:
+    """The lexicon's self-harm and harm-to-others matches in a cleaned message."""
+    self_harm = [m.group(0) for m in _SELF_HARM.finditer(cleaned)] + [m.group(0) for m in _COMPOSED.finditer(cleaned)]
+    return self_harm, [m.group(0) for m in _HARM_OTHERS.finditer(cleaned)]
+
+
+def _decide(cleaned: str, score: float, floor: float, hits: tuple[list[str], list[str]] | None = None) -> CrisisResult:
     """Lexicon hits the classifier does not rule out (``score >= floor``) or the classifier's score alone
     (``score >= threshold``), then the discounts for news, professionals and past risk, unless the classifier
     is sure (``score >= DISCOUNT_CEILING``)."""
-    self_harm = [m.group(0) for m in _SELF_HARM.finditer(cleaned)] + [m.group(0) for m in _COMPOSED.finditer(cleaned)]
-    harm_others = [m.group(0) for m in _HARM_OTHERS.finditer(cleaned)]
+    self_harm, harm_others = hits if hits is not None else _lexicon_hits(cleaned)
     if score < floor:
         self_harm, harm_others = [], []
     # The classifier alone does not decide on a few characters (你好, 谢谢, 晚安 sit near farewells in its data).

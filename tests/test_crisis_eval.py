@@ -16,10 +16,10 @@ import pytest
 
 from conftest import ROOT
 from prep.crisis_model import THRESHOLD
-from prep.safety import crisis_score, detect_crisis
+from prep.safety import crisis_score, detect_crisis, detect_crises
 
 BLIND_SETS = [f"crisis_holdout{n}.csv" for n in range(2, 10)]
-RECALL_FLOOR = 0.94  # target 0.95 per set: 1.000, 0.975, 0.973, 0.960, 0.947, 0.980, 0.973, 0.947
+RECALL_FLOOR = 0.94  # target 0.95 per set: 1.000, 0.983, 0.980, 0.960, 0.947, 0.980, 0.973, 0.947
 FALSE_POSITIVE_CEILING = 0.08  # target 0.05 per set: 0.010, 0.058, 0.047, 0.007, 0.033, 0.033, 0.073, 0.067
 
 
@@ -39,6 +39,17 @@ def test_detector_on_sets_it_never_saw(name):
     recall, false_positive_rate = rates(frame)
     assert recall >= RECALL_FLOOR, f"recall {recall:.3f}"
     assert false_positive_rate <= FALSE_POSITIVE_CEILING, f"false-positive rate {false_positive_rate:.3f}"
+
+
+def test_detector_on_long_messages_it_never_saw():
+    """crisis_long_holdout: 150 + 150 messages of 80 to 150 characters and 6 or more clauses, a third typed as
+    comma-only run-ons, the risk first, buried, last or spread out, the ordinary ones mostly look-alikes; written
+    blind like the others and scored once before and once after pieces and windows for run-ons were added
+    (0.980 / 0.060 -> 0.987 / 0.080; bench/README.md)."""
+    frame = load(ROOT / "data" / "tests" / "crisis_long_holdout.csv")
+    assert (frame.label == 1).sum() >= 150 and (frame.text.str.len() >= 80).all()
+    recall, false_positive_rate = rates(frame)
+    assert recall >= 0.96 and false_positive_rate <= 0.09, f"recall {recall:.3f}, false-positive rate {false_positive_rate:.3f}"
 
 
 def test_detector_meets_the_targets_over_all_blind_sets():
@@ -65,9 +76,12 @@ def test_classifier_learns_its_training_sets():
 def test_a_crisis_message_inside_a_long_one_is_still_found():
     """Each blind crisis message with two ordinary messages from the blind sets before and after it (~120
     characters): judged only whole, its n-grams were diluted and 27% were found; the detector also judges
-    windows of two neighbouring sentences (55%), under the whole message's discounts. Ordinary messages joined five at a time are the false-alarm side (each part alone
-    fires 4% of the time, so five joined would fire about 19% of the time if sent one by one)."""
+    windows of two neighbouring pieces (61%), under the whole message's discounts. Ordinary messages joined five at
+    a time are the false-alarm side (each part alone fires 4% of the time, so five joined would fire about 19% of
+    the time if sent one by one). The same messages typed with commas only, as on a phone, were found 28% of the
+    time when only full stops made windows."""
     import random
+    import re
 
     frame = pd.concat([load(ROOT / "data" / "tests" / name) for name in BLIND_SETS])
     crisis, ordinary = list(frame.text[frame.label == 1]), list(frame.text[frame.label == 0])
@@ -75,6 +89,9 @@ def test_a_crisis_message_inside_a_long_one_is_still_found():
     joined = lambda texts: "".join(text.rstrip("。！？!?") + "。" for text in texts)
     long_crisis = [joined(rng.sample(ordinary, 2)) + text + joined(rng.sample(ordinary, 2)) for text in crisis]
     long_ordinary = [joined(rng.sample(ordinary, 5)) for _ in crisis]
-    recall = sum(detect_crisis(text).crisis for text in long_crisis) / len(long_crisis)
-    false_alarms = sum(detect_crisis(text).crisis for text in long_ordinary) / len(long_ordinary)
-    assert recall >= 0.5 and false_alarms <= 0.09, f"recall {recall:.3f}, false alarms {false_alarms:.3f}"
+    commas_only = lambda texts: [re.sub(r"[。！？!?.；;\n]+", "，", text).rstrip("，") for text in texts]
+    for style, (crises, ordinaries) in {"full stops": (long_crisis, long_ordinary),
+                                         "commas only": (commas_only(long_crisis), commas_only(long_ordinary))}.items():
+        recall = sum(result.crisis for result in detect_crises(crises)) / len(crises)
+        false_alarms = sum(result.crisis for result in detect_crises(ordinaries)) / len(ordinaries)
+        assert recall >= 0.55 and false_alarms <= 0.09, f"{style}: recall {recall:.3f}, false alarms {false_alarms:.3f}"

@@ -51,6 +51,20 @@ def test_a_discount_in_the_next_sentence_still_applies():
     assert detect_crisis("最近工作很忙。每天加班到半夜。我真的不想活了。老板还在催。").crisis
 
 
+
+def test_a_crisis_clause_in_a_run_on_message_is_found():
+    """People type on phones with commas or spaces only: a long sentence is cut at its commas into pieces, and a
+    crisis clause in the middle is judged with its neighbours rather than diluted by the whole. English words are
+    not cut apart at their spaces."""
+    for run_on in ("今天上班又被领导骂了，回家路上堵车堵了一个多小时，晚饭也没吃，我真的不想活了，明天还要早起开会，周末还得加班改方案，感觉每天都一样",
+                   "今天上班又被领导骂了 回家路上堵车堵了一个多小时 晚饭也没吃 药已经攒够了 明天就不用再去上班了 周末也不用加班改方案了",
+                   "I had a long day at work, my boss yelled at me again and the traffic was awful, honestly I just want to die, "
+                   "and tomorrow there is another meeting"):
+        assert detect_crisis(run_on).crisis, run_on
+    for ordinary in ("今天上班又被领导骂了，回家路上堵车堵了一个多小时，晚饭也没吃，我真的累死了，明天还要早起开会，周末还得加班改方案，感觉每天都一样",
+                     "去年那段时间我每天都想自杀，整夜整夜睡不着，后来在医生帮助下慢慢好起来，现在已经走出来了，想问问怎么帮助身边有同样困扰的朋友"):
+        assert not detect_crisis(ordinary).crisis, ordinary
+
 def test_referral_detection():
     assert refers_to_help("请拨打全国心理援助热线 12356")
     assert refers_to_help("建议你尽快寻求专业的心理咨询")
