@@ -23,7 +23,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from prep.chat import ChatSession, GenerationOptions, clean_message, latest_merged_model  # noqa: E402
+from prep.chat import ChatSession, GenerationOptions, latest_merged_model  # noqa: E402
+from prep.text import clean_message  # noqa: E402
 from prep.errors import PrepError  # noqa: E402
 from prep.fsutil import atomic_write_json  # noqa: E402
 from prep.prompts import DEFAULT_SYSTEM_PROMPT  # noqa: E402

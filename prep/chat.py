@@ -71,7 +71,8 @@ class GenerationOptions:
         """Bad settings are one sentence before the model loads, not a transformers traceback on the first message."""
         problems = [
             f"--temperature {self.temperature}: expected 0 (greedy) or more" if not 0 <= self.temperature < math.inf else "",
-            f"--top-p {self.top_p}: expected more than 0 and at most 1" if not 0 < self.top_p <= 1 else "",
+            f"--top-p {self.top_p}: expected more than 0 and at most 1" if not (0 < self.top_p <= 1 or (
+                self.top_p == 0 and self.temperature == 0)) else "",  # greedy ignores top-p; 0 is a common way to say it
             f"--max-new-tokens {self.max_new_tokens}: expected 1 or more" if not self.max_new_tokens >= 1 else "",
             f"--repetition-penalty {self.repetition_penalty}: expected more than 0 (1 is none)"
             if not 0 < self.repetition_penalty < math.inf else "",
@@ -114,16 +115,6 @@ def latest_merged_model(runs_dir: Path = RUNS_DIR) -> Path:
     if not candidates:
         raise PrepError(f"no merged model under {runs_dir}; run 'bash run_sft.sh demo' first or pass --model DIR.")
     return max(candidates, key=lambda p: (p / "config.json").stat().st_mtime)
-
-
-def clean_message(text: str) -> str:
-    """A message's text with undecodable bytes (lone surrogates from a non-UTF-8 terminal or browser) as U+FFFD,
-    which the tokenizer and the crisis detector can take."""
-    try:
-        raw = text.encode("utf-8", "surrogateescape")  # bytes Python could not decode: back to bytes, then U+FFFD
-    except UnicodeEncodeError:  # other lone surrogates (a browser's): "?"
-        raw = text.encode("utf-8", "replace")
-    return raw.decode("utf-8", "replace")
 
 
 def _loaded(path: Path, what: str, load, *args, **kwargs):

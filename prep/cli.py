@@ -171,12 +171,18 @@ def eval_command(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Evaluate a model on the test plan: refusal P/R/F1, crisis referral, ROUGE-L/BLEU, judge, latency."""
-    from prep.eval_report import build_report
+    from prep.eval_report import build_report, read_metrics
     from prep.evaluate import DEFAULT_PLAN, EndpointModel, EvalOptions, LocalModel, load_plan, run_eval
     from prep.judge import Judge
 
     if (model is None) == (base_url is None):
         raise PrepError("give exactly one of --model DIR or --base-url URL.")
+    if bool(judge_url) != bool(judge_model):
+        raise PrepError("give --judge-base-url and --judge-model together (the judge needs both), or neither.")
+    if out.exists() and not out.is_dir():
+        raise PrepError(f"--out {out}: is a file; expected a folder for candidates.jsonl, metrics.json and the report.")
+    if compare is not None:
+        read_metrics(compare, "--compare")  # checked before the model runs, not after
     cases = load_plan(plan or DEFAULT_PLAN, test_split, limit)
     generation = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
     if model is not None:
@@ -190,6 +196,10 @@ def eval_command(
     summary = run_eval(runner, cases, EvalOptions(out, samples, label, seed, judge, generation, info))
     md, html = build_report(out, compare)
     m = summary["metrics"]
+    if m.get("judge_failed"):
+        failed = m["judge_failed"]
+        typer.echo(f"warning: the judge could not score {failed['replies']} replies (first: {failed['first_error']}); "
+                   f"the judge's means are over {(m.get('judge') or {}).get('judged', 0)} replies.", err=True)
     typer.echo(f"{summary['label']}: {summary['cases']} cases x {samples}; refusal F1 {m['refusal']['f1']}, crisis referral "
                f"{m['crisis_referral_rate']} (guarded {m['crisis_referral_rate_guarded']}), ROUGE-L {m['rouge_l']}, BLEU-4 {m['bleu4']}, "
                f"p50 latency {m['latency_p50_s']} s\nreport: {md} and {html}")
@@ -206,7 +216,9 @@ def review_command(
     from prep.review import FEEDBACK_DIR, review
 
     path, counts = review(candidates, reviewer, accept, out_dir or FEEDBACK_DIR)
-    typer.echo(f"review: {counts['accepted']} accepted, {counts['corrected']} corrected, {counts['skipped']} skipped"
+    typer.echo(("review interrupted: the decisions so far are kept. " if counts["interrupted"] else "")
+               + f"review: {counts['accepted']} accepted, {counts['corrected']} corrected, {counts['skipped']} skipped"
+               + (f" (the hotline referral added to {counts['referral_added']} corrections of a crisis)" if counts["referral_added"] else "")
                + (f" -> {path}" if path else " (nothing written)"))
 
 

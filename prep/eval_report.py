@@ -15,18 +15,30 @@ import re
 from pathlib import Path
 
 from prep.errors import PrepError
+from prep.evaluate import HISTORY_FILE, read_history
 from prep.fsutil import atomic_write_text
-from prep.evaluate import HISTORY_FILE
 
 BAR_METRICS = [("refusal F1", ("refusal", "f1")), ("crisis referral", ("crisis_referral_rate",)),
                ("crisis referral + guard", ("crisis_referral_rate_guarded",)), ("ROUGE-L", ("rouge_l",)), ("BLEU-4", ("bleu4",))]
 
 
-def _get(metrics: dict, path: tuple) -> float:
+TREND_COLUMNS = [("refusal", "f1"), ("crisis_referral_rate",), ("rouge_l",), ("bleu4",), ("latency_p50_s",)]
+
+
+def _get(metrics: dict, path: tuple) -> float | None:
+    """A metric, or None where it could not be computed (no crisis case, no reference): shown as a gap, not 0."""
     value = metrics
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
-    return float(value) if isinstance(value, (int, float)) else 0.0
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:g}"
+
+
+def _plotted(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def _png(figure) -> bytes:
@@ -47,7 +59,7 @@ def _plots(current: dict, compare: dict | None, history: list[dict]) -> dict[str
     runs = [(current["label"], current["metrics"])] + ([(compare["label"], compare["metrics"])] if compare else [])
     width = 0.8 / len(runs)
     for index, (label, values) in enumerate(runs):
-        axis.bar([i + index * width for i in range(len(names))], [_get(values, p) for _, p in BAR_METRICS], width, label=label)
+        axis.bar([i + index * width for i in range(len(names))], [_plotted(_get(values, p)) for _, p in BAR_METRICS], width, label=label)
     axis.set_xticks([i + width * (len(runs) - 1) / 2 for i in range(len(names))], names, fontsize=8)
     axis.set_ylim(0, 1.05)
     axis.legend(fontsize=8)
@@ -56,7 +68,7 @@ def _plots(current: dict, compare: dict | None, history: list[dict]) -> dict[str
     if len(history) >= 1:
         figure, axis = plt.subplots(figsize=(7, 3.2))
         for name, path in BAR_METRICS:
-            axis.plot(range(1, len(history) + 1), [_get(h["metrics"], path) for h in history], marker="o", label=name)
+            axis.plot(range(1, len(history) + 1), [_plotted(_get(h["metrics"], path)) for h in history], marker="o", label=name)
         axis.set_xticks(range(1, len(history) + 1), [h["label"] for h in history], rotation=30, fontsize=7)
         axis.set_ylim(0, 1.05)
         axis.set_title("trend across evaluations")
@@ -76,13 +88,9 @@ def _run_dir_of(model_info: dict) -> Path | None:
 def build_report(eval_dir: Path, compare_dir: Path | None = None) -> tuple[Path, Path]:
     """Write report.md and report.html into ``eval_dir``; return their paths."""
     eval_dir = Path(eval_dir)
-    try:
-        current = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
-        compare = json.loads((Path(compare_dir) / "metrics.json").read_text(encoding="utf-8")) if compare_dir else None
-    except FileNotFoundError as err:
-        raise PrepError(f"{err.filename}: no metrics.json; run 'prep eval' first.") from None
-    history_path = eval_dir.parent / HISTORY_FILE
-    history = [json.loads(line) for line in history_path.read_text(encoding="utf-8").splitlines() if line.strip()] if history_path.exists() else []
+    current = read_metrics(eval_dir, "evaluation")
+    compare = read_metrics(compare_dir, "--compare") if compare_dir else None
+    history, unreadable = read_history(eval_dir.parent / HISTORY_FILE)
     plots = _plots(current, compare, history)
     run_dir = _run_dir_of(current.get("model") or {})
     if run_dir:
@@ -98,15 +106,33 @@ def build_report(eval_dir: Path, compare_dir: Path | None = None) -> tuple[Path,
     md = [f"# Evaluation report: {current['label']}", ""] + [f"- **{k}**: {v}" for k, v in rows] + ["",
           f"| metric | {current['label']} |" + (f" {compare['label']} |" if compare else ""),
           "|---|---|" + ("---|" if compare else "")]
-    md += [f"| {k} | {v} |" + (f" {compare_rows.get(k, '')} |" if compare else "") for k, v in metric_rows.items()]
+    shown = lambda value: "–" if value is None else value  # noqa: E731
+    md += [f"| {k} | {shown(v)} |" + (f" {shown(compare_rows.get(k))} |" if compare else "") for k, v in metric_rows.items()]
     md += ["", "## Trend", "", "| evaluation | refusal F1 | crisis referral | ROUGE-L | BLEU-4 | p50 latency (s) |", "|---|---|---|---|---|---|"]
-    md += [f"| {h['label']} | {_get(h['metrics'], ('refusal', 'f1'))} | {_get(h['metrics'], ('crisis_referral_rate',))} | "
-           f"{_get(h['metrics'], ('rouge_l',))} | {_get(h['metrics'], ('bleu4',))} | {h['metrics'].get('latency_p50_s')} |" for h in history]
+    md += [f"| {h['label']} | " + " | ".join(_cell(_get(h["metrics"], path)) for path in TREND_COLUMNS) + " |" for h in history]
+    if unreadable:
+        md += ["", f"({unreadable} unreadable lines of {HISTORY_FILE} left out.)"]
     md += [""] + [f"![{name}]({name})" for name in plots]
     md_path, html_path = eval_dir / "report.md", eval_dir / "report.html"
     atomic_write_text(md_path, "\n".join(md) + "\n")
     atomic_write_text(html_path, _html(current["label"], md, plots))
     return md_path, html_path
+
+
+def read_metrics(eval_dir: Path, what: str) -> dict:
+    """An evaluation folder's metrics.json, or one sentence saying why it cannot be used."""
+    path = Path(eval_dir) / "metrics.json"
+    if not Path(eval_dir).is_dir():
+        raise PrepError(f"{what} {eval_dir}: not an evaluation folder; expected the --out folder of an earlier 'prep eval'.")
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PrepError(f"{what} {eval_dir}: no metrics.json; run 'prep eval' first.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise PrepError(f"{what} {path}: not readable JSON; run 'prep eval' again for that folder.") from None
+    if not (isinstance(summary, dict) and isinstance(summary.get("metrics"), dict) and summary.get("label")):
+        raise PrepError(f"{what} {path}: not the metrics.json of 'prep eval' (no label and metrics).")
+    return summary
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:

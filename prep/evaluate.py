@@ -9,6 +9,7 @@ that the report plots as a trend.
 
 from __future__ import annotations
 
+import io
 import json
 import resource
 import time
@@ -21,11 +22,16 @@ import pandas as pd
 from prep import metrics
 from prep.errors import PrepError
 from prep.fsutil import atomic_write_json, atomic_write_text
+from prep.readers import read_path
+from prep.readers.decode import json_lines, read_input
+from prep.records import Conversation, Rejected
 from prep.resources import bundled
-from prep.safety import detect_crisis, ensure_referral
+from prep.safety import detect_crises, ensure_referral
 
 DEFAULT_PLAN = bundled("tests", "test_plan.csv")
 HISTORY_FILE = "eval_history.jsonl"
+PARTIAL_FILE = "candidates.partial.jsonl"  # each answer as it is generated: an interrupted eval resumes from it
+EXPECTATIONS = ("answer", "refuse", "referral")
 
 
 @dataclass
@@ -36,6 +42,18 @@ class TestCase:
     question: str
     reference: str
     expect: str  # answer | refuse | referral
+    history: list[list[str]] = field(default_factory=list)  # earlier [question, answer] pairs of a held-out dialogue
+    system: str | None = None  # a held-out item's own system prompt
+
+    def messages(self, default_system: str) -> list[dict]:
+        """The request: the system prompt, the earlier turns and the question."""
+        system = self.system or default_system
+        earlier = [{"role": role, "content": text} for pair in self.history for role, text in zip(("user", "assistant"), pair)]
+        return ([{"role": "system", "content": system}] if system else []) + earlier + [{"role": "user", "content": self.question}]
+
+    def user_text(self) -> str:
+        """Everything the user said, for the crisis detector: a crisis two turns back is still a crisis."""
+        return "\n".join([pair[0] for pair in self.history] + [self.question])
 
 
 @dataclass
@@ -49,23 +67,9 @@ class Generation:
 
 def load_plan(plan: Path = DEFAULT_PLAN, test_split: Path | None = None, limit_per_kind: int | None = None) -> list[TestCase]:
     """The team's test plan, plus the held-out ``NAME_test.json`` split when given."""
-    try:
-        frame = pd.read_csv(plan, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise PrepError(f"--plan {plan}: no such file.") from None
-    missing = {"id", "kind", "theme", "question", "reference", "expect"} - set(frame.columns)
-    if missing:
-        raise PrepError(f"--plan {plan}: missing columns {sorted(missing)}; expected id,kind,theme,question,reference,expect.")
-    cases = [TestCase(r.id, r.kind, r.theme, r.question, r.reference, r.expect) for r in frame.itertuples()]
-    if test_split is not None:
-        try:
-            items = json.loads(Path(test_split).read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError) as err:
-            raise PrepError(f"--test-split {test_split}: not a readable alpaca JSON file ({type(err).__name__}).") from None
-        for index, item in enumerate(items, start=1):
-            crisis = detect_crisis(item["instruction"]).crisis
-            cases.append(TestCase(f"H{index:04d}", "heldout", "heldout", item["instruction"], item["output"],
-                                  "referral" if crisis else "answer"))
+    if limit_per_kind is not None and limit_per_kind < 1:
+        raise PrepError(f"--limit {limit_per_kind}: expected at least 1 case of each kind (leave it out for all).")
+    cases = _plan_cases(plan) + (_held_out_cases(test_split) if test_split is not None else [])
     if limit_per_kind:
         kept, per_kind = [], {}
         for case in cases:
@@ -76,6 +80,50 @@ def load_plan(plan: Path = DEFAULT_PLAN, test_split: Path | None = None, limit_p
     return cases
 
 
+def _plan_cases(plan: Path) -> list[TestCase]:
+    try:
+        frame = pd.read_csv(io.StringIO(read_input(plan, "--plan")), dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        raise PrepError(f"--plan {plan}: not a CSV table ({str(err).splitlines()[0]}); expected id,kind,theme,question,reference,expect.") from None
+    missing = {"id", "kind", "theme", "question", "reference", "expect"} - set(frame.columns)
+    if missing:
+        raise PrepError(f"--plan {plan}: missing columns {sorted(missing)}; expected id,kind,theme,question,reference,expect.")
+    for column, bad in (("id", frame.id.str.strip() == ""), ("id", frame.id.duplicated()), ("expect", ~frame.expect.isin(EXPECTATIONS))):
+        if bad.any():
+            row = bad.idxmax()
+            what = {"id": "an empty or repeated id", "expect": f"expect '{frame.expect[row]}'"}[column]
+            raise PrepError(f"--plan {plan}: row {row + 2} has {what}; expected a unique id per question and expect one of "
+                            f"{', '.join(EXPECTATIONS)} (one review decision applies to all answers of an id).")
+    return [TestCase(r.id, r.kind, r.theme, r.question, r.reference, r.expect) for r in frame.itertuples()]
+
+
+def _held_out_cases(test_split: Path) -> list[TestCase]:
+    """Held-out dialogues: the last question is asked with the earlier turns before it, its answer is the reference,
+    a crisis anywhere in what the user said expects a referral, and a reference that declines expects a refusal."""
+    records = list(read_path(test_split, origin="labelled"))
+    rejected = next((r for r in records if isinstance(r, Rejected)), None)
+    if rejected:
+        raise PrepError(f"--test-split {test_split}: {rejected.provenance.location} is not a dialogue ({rejected.detail}); "
+                        "expected the NAME_test.json that prep build writes (alpaca or sharegpt).")
+    dialogues = [r for r in records if _asks_and_answers(r)]
+    if not dialogues:
+        raise PrepError(f"--test-split {test_split}: no dialogue that ends with a question and its answer; expected the "
+                        "NAME_test.json that prep build writes.")
+    cases = []
+    for index, (dialogue, crisis) in enumerate(zip(dialogues, detect_crises([d.user_text() for d in dialogues])), start=1):
+        turns = [t.content for t in dialogue.turns]
+        question, reference = turns[-2], turns[-1]
+        expect = "referral" if crisis.crisis else "refuse" if metrics.is_refusal(reference) else "answer"
+        cases.append(TestCase(f"H{index:04d}", "heldout", dialogue.category or "heldout", question, reference, expect,
+                              [turns[i:i + 2] for i in range(0, len(turns) - 2, 2)], dialogue.system))
+    return cases
+
+
+def _asks_and_answers(record: Conversation) -> bool:
+    roles = [t.role for t in record.turns]
+    return len(roles) >= 2 and roles == ["user", "assistant"] * (len(roles) // 2) and all(t.content for t in record.turns[-2:])
+
+
 class LocalModel:
     """A merged model folder, answered through the chat engine (no history between questions)."""
 
@@ -84,15 +132,20 @@ class LocalModel:
 
         self.session = ChatSession(Path(model_dir), system=system, guard=False,
                                    options=GenerationOptions(temperature, top_p, max_new_tokens, 1.0), reuse_cache=False)
-        self.name = str(model_dir)
+        self.name, self.default_system = str(model_dir), system
 
-    def generate(self, question: str, seed: int) -> Generation:
+    def generate(self, case: TestCase, seed: int) -> Generation:
         import torch
 
         torch.manual_seed(seed)
-        self.session.reset()
+        messages = case.messages(self.default_system)
+        system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+        if system != self.session.system:
+            self.session.system = system
+        self.session.reset()  # (prefills the system prompt)
+        self.session.history = messages[1 if system else 0:-1]
         start = time.perf_counter()
-        reply = self.session.ask(question)
+        reply = self.session.ask(case.question)
         return Generation(reply.text, time.perf_counter() - start, reply.ttft_s, reply.tokens, reply.tokens_per_s)
 
 
@@ -108,11 +161,10 @@ class EndpointModel:
         self.model, self.system, self.name = model, system, f"{model}@{base_url}"
         self.params = dict(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
 
-    def generate(self, question: str, seed: int) -> Generation:
+    def generate(self, case: TestCase, seed: int) -> Generation:
         start, first, pieces = time.perf_counter(), None, []
         stream = self.client.chat.completions.create(
-            model=self.model, stream=True, seed=seed,
-            messages=[{"role": "system", "content": self.system}, {"role": "user", "content": question}], **self.params)
+            model=self.model, stream=True, seed=seed, messages=case.messages(self.system), **self.params)
         for chunk in stream:
             delta = chunk.choices[0].delta.content if chunk.choices else None
             if delta:
@@ -134,12 +186,12 @@ class EvalOptions:
     model_info: dict = field(default_factory=dict)
 
 
-def _candidate(case: TestCase, sample: int, generation: Generation, options: EvalOptions) -> dict:
-    crisis = detect_crisis(case.question).crisis
+def _candidate(case: TestCase, sample: int, generation: Generation, options: EvalOptions, crisis: bool) -> dict:
     guarded, added = ensure_referral(generation.reply) if crisis else (generation.reply, False)
     return {
         "case_id": case.case_id, "kind": case.kind, "theme": case.theme, "expect": case.expect,
-        "question": case.question, "reference": case.reference, "sample": sample,
+        "question": case.question, "history": case.history, "system": case.system, "reference": case.reference,
+        "sample": sample, "crisis": crisis,
         "reply": generation.reply, "reply_guarded": guarded, "referral_added": added,
         "latency_s": round(generation.latency_s, 4), "ttft_s": generation.ttft_s, "tokens": generation.tokens,
         "tokens_per_s": generation.tokens_per_s, "model": options.model_info, "generation": options.generation,
@@ -168,6 +220,9 @@ def score(candidates: list[dict]) -> dict:
         "tokens_per_s_mean": metrics.mean([c["tokens_per_s"] for c in candidates if c["tokens_per_s"]]),
     }
     judged = [c["judge"] for c in candidates if isinstance(c.get("judge"), dict) and "scores" in c["judge"]]
+    failed = [c["judge"]["error"] for c in candidates if isinstance(c.get("judge"), dict) and "error" in c["judge"]]
+    if failed:
+        result["judge_failed"] = {"replies": len(failed), "first_error": failed[0]}
     if judged:
         dimensions = judged[0]["scores"].keys()
         result["judge"] = {d: metrics.mean([j["scores"][d] for j in judged]) for d in dimensions}
@@ -176,18 +231,32 @@ def score(candidates: list[dict]) -> dict:
 
 
 def run_eval(model, cases: list[TestCase], options: EvalOptions) -> dict:
-    """Generate K samples per case, score them, write candidates, metrics and history."""
+    """Generate K samples per case, score them, write candidates, metrics and history.
+
+    Each answer is also appended to ``OUT/candidates.partial.jsonl`` as it comes: after an interruption or an
+    endpoint failure, the same command asks only what is still missing (same model, settings and questions)."""
     from tqdm import tqdm
 
     if options.samples < 1:
         raise PrepError("--samples must be at least 1.")
+    out = Path(options.out_dir)
+    if out.exists() and not out.is_dir():
+        raise PrepError(f"--out {out}: is a file; expected a folder for candidates.jsonl, metrics.json and the report.")
+    out.mkdir(parents=True, exist_ok=True)
+    done = _answers_so_far(out / PARTIAL_FILE, options)
+    crises = [result.crisis for result in detect_crises([case.user_text() for case in cases])]
     candidates = []
-    for case in tqdm(cases, desc="eval", unit="case", disable=None):
-        for sample in range(options.samples):
-            candidate = _candidate(case, sample, model.generate(case.question, options.seed + sample), options)
-            if options.judge is not None and case.kind in ("counselling", "heldout", "crisis"):
-                candidate["judge"] = options.judge.score(case.question, candidate["reply"])
-            candidates.append(candidate)
+    with open(out / PARTIAL_FILE, "a", encoding="utf-8") as journal:
+        for case, crisis in tqdm(list(zip(cases, crises)), desc="eval", unit="case", disable=None):
+            for sample in range(options.samples):
+                candidate = done.get(_key(case.case_id, case.question, sample))
+                if candidate is None:
+                    candidate = _candidate(case, sample, _generate(model, case, options.seed + sample, len(candidates), out), options, crisis)
+                    if options.judge is not None and case.kind in ("counselling", "heldout", "crisis"):
+                        candidate["judge"] = options.judge.score(case.question, candidate["reply"])
+                    journal.write(json.dumps(candidate, ensure_ascii=False) + "\n")
+                    journal.flush()
+                candidates.append(candidate)
     result = score(candidates)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     try:
@@ -197,13 +266,67 @@ def run_eval(model, cases: list[TestCase], options: EvalOptions) -> dict:
             result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     except ImportError:
         pass
-    out = Path(options.out_dir)
     atomic_write_text(out / "candidates.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in candidates))
     summary = {"label": options.label or out.name, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "model": options.model_info, "samples": options.samples, "cases": len(cases), "metrics": result,
                "judge": options.judge.describe() if options.judge is not None else None, "dir": str(out)}
     atomic_write_json(out / "metrics.json", summary)
-    history = out.parent / HISTORY_FILE
-    with open(history, "a", encoding="utf-8") as handle:  # append-only trend of every evaluation
-        handle.write(json.dumps(summary, ensure_ascii=False) + "\n")
+    append_history(out.parent / HISTORY_FILE, summary)
+    (out / PARTIAL_FILE).unlink(missing_ok=True)
     return summary
+
+
+def _key(case_id: str, question: str, sample: int) -> tuple:
+    return case_id, question, sample
+
+
+def _answers_so_far(journal: Path, options: EvalOptions) -> dict[tuple, dict]:
+    """The answers an interrupted run of the same evaluation (same model and generation settings) already has."""
+    if not journal.is_file():
+        return {}
+    done = {}
+    for _, candidate in json_lines(journal, "answers so far"):
+        if (isinstance(candidate, dict) and candidate.get("model") == options.model_info
+                and candidate.get("generation") == options.generation and (options.judge is None or "judge" in candidate)):
+            done[_key(candidate.get("case_id"), candidate.get("question"), candidate.get("sample"))] = candidate
+    return done
+
+
+def _generate(model, case: TestCase, seed: int, finished: int, out: Path) -> Generation:
+    """One answer; an endpoint that fails (after the client's retries) stops the evaluation with one sentence."""
+    import openai
+
+    try:
+        return model.generate(case, seed)
+    except openai.OpenAIError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PrepError(f"the model endpoint failed on case {case.case_id} ({type(err).__name__}: {reason[:200]}); "
+                        f"the {finished} answers before it are kept in {out / PARTIAL_FILE}, and the same command "
+                        "goes on from there.") from None
+
+
+def append_history(path: Path, summary: dict) -> None:
+    """Append one evaluation to the trend; a last line left without its line break (a crash, a hand edit) is closed
+    first, so the new record never joins it."""
+    with open(path, "a+b") as handle:
+        handle.seek(0, 2)
+        if handle.tell():
+            handle.seek(-1, 2)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
+        handle.write((json.dumps(summary, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def read_history(path: Path) -> tuple[list[dict], int]:
+    """The evaluations of the trend, the newest run of each folder in its latest place, and how many lines were
+    not readable (skipped, not fatal: the trend is a convenience)."""
+    if not path.is_file():
+        return [], 0
+    runs, unreadable = {}, 0
+    for _, summary in json_lines(path, "evaluation history"):
+        if not (isinstance(summary, dict) and isinstance(summary.get("metrics"), dict) and summary.get("label")):
+            unreadable += 1
+            continue
+        runs.pop(summary.get("dir") or summary["label"], None)
+        runs[summary.get("dir") or summary["label"]] = summary
+    return list(runs.values()), unreadable

@@ -19,49 +19,72 @@ from pathlib import Path
 from prep.errors import PrepError
 from prep.fsutil import atomic_write_text
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
+from prep.readers.decode import json_lines
 from prep.resources import feedback_dir
+from prep.safety import detect_crisis, ensure_referral
 
 FEEDBACK_DIR = feedback_dir()
+CANDIDATE_KEYS = {"case_id": str, "question": str, "sample": int, "reply_guarded": str}
 
 
 def load_candidates(path: Path) -> dict[str, list[dict]]:
     """Candidates grouped by case, in file order."""
     groups: dict[str, list[dict]] = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise PrepError(f"{path}: no such candidates file; run 'prep eval' first.") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            candidate = json.loads(line)
-            groups.setdefault(candidate["case_id"], []).append(candidate)
-        except (json.JSONDecodeError, KeyError):
-            raise PrepError(f"{path}: line {number} is not a candidate (JSON with case_id).") from None
+    for number, candidate in json_lines(path, "candidates file"):
+        if not (isinstance(candidate, dict) and all(_is(candidate.get(k), t) for k, t in CANDIDATE_KEYS.items())):
+            raise PrepError(f"{path}: line {number} is not a candidate (JSON with case_id, question, sample and "
+                            "reply_guarded, as prep eval writes).")
+        group = groups.setdefault(candidate["case_id"], [])
+        if any(c["sample"] == candidate["sample"] or c["question"] != candidate["question"] for c in group):
+            raise PrepError(f"{path}: line {number} repeats case {candidate['case_id']} (sample {candidate['sample']}, or "
+                            "another question under the same id); expected the candidates of one prep eval.")
+        group.append(candidate)
     return groups
 
 
-def load_decisions(path: Path) -> dict[str, dict]:
+def _is(value: object, kind: type) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def load_decisions(path: Path, groups: dict[str, list[dict]]) -> dict[str, dict]:
+    """Decisions by case, each checked against the candidates it decides on."""
     decisions = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            decision = json.loads(line)
-            decisions[decision["case_id"]] = decision
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise PrepError(f"{path}: line {number} is not a decision (JSON with case_id and accept/correction/skip).") from None
+    for number, decision in json_lines(path, "--accept"):
+        problem = _decision_problem(decision, groups)
+        if problem:
+            raise PrepError(f"{path}: line {number} {problem}; expected {{\"case_id\": ..., \"accept\": [0, 2]}}, "
+                            "{\"case_id\": ..., \"correction\": \"...\"} or {\"case_id\": ..., \"skip\": true}.")
+        decisions[decision["case_id"]] = decision
     return decisions
+
+
+def _decision_problem(decision: object, groups: dict[str, list[dict]]) -> str | None:
+    if not isinstance(decision, dict) or not isinstance(decision.get("case_id"), str):
+        return "is not a decision (JSON with case_id)"
+    if decision["case_id"] not in groups:
+        return f"decides on case {decision['case_id']}, which the candidates file does not have"
+    accept, correction = decision.get("accept"), decision.get("correction")
+    if accept is not None and not (isinstance(accept, list) and all(_is(n, int) for n in accept)):
+        return f"has accept {accept!r}, not a list of sample numbers"
+    samples = {c["sample"] for c in groups[decision["case_id"]]}
+    if accept and not set(accept) <= samples:
+        return f"accepts samples {sorted(set(accept) - samples)} that case {decision['case_id']} does not have ({sorted(samples)})"
+    if correction is not None and not isinstance(correction, str):
+        return f"has a correction that is not text ({type(correction).__name__})"
+    return None
 
 
 def ask_terminal(case_id: str, candidates: list[dict]) -> dict:
     """Show the K answers of one question and read the reviewer's decision."""
-    print(f"\n=== {case_id} [{candidates[0]['kind']}] {candidates[0]['question']}")
+    print(f"\n=== {case_id} [{candidates[0].get('kind', '')}]")
+    for question, answer in candidates[0].get("history") or []:
+        print(f"    来访者: {question}\n    助手: {answer}")
+    print(f"    来访者: {candidates[0]['question']}")
     if candidates[0].get("reference"):
         print(f"    参考答案: {candidates[0]['reference']}")
     for candidate in candidates:
-        print(f"  [{candidate['sample']}] {candidate['reply']}")
+        print(f"  [{candidate['sample']}] {candidate['reply_guarded']}")
+    samples = {c["sample"] for c in candidates}
     while True:
         answer = input("accept which (e.g. 0,2), e = write a correction, s = skip, q = quit: ").strip().lower()
         if answer == "q":
@@ -71,29 +94,45 @@ def ask_terminal(case_id: str, candidates: list[dict]) -> dict:
         if answer == "e":
             text = input("corrected answer: ").strip()
             return {"correction": text} if text else {"skip": True}
-        if re.fullmatch(r"\d+(\s*,\s*\d+)*", answer):
+        if re.fullmatch(r"\d+(\s*,\s*\d+)*", answer) and {int(x) for x in answer.split(",")} <= samples:
             return {"accept": [int(x) for x in answer.split(",")]}
-        print("please answer with sample numbers, e, s or q")
+        print(f"please answer with sample numbers ({', '.join(map(str, sorted(samples)))}), e, s or q")
 
 
 def review(candidates_path: Path, reviewer: str, decisions_path: Path | None = None, out_dir: Path = FEEDBACK_DIR,
            ask: Callable[[str, list[dict]], dict] = ask_terminal) -> tuple[Path | None, dict]:
-    """Apply decisions to the candidates; write accepted answers as feedback data."""
+    """Apply decisions to the candidates; write accepted answers as feedback data.
+
+    An interactive review stopped by end of input or Ctrl-C keeps the decisions made so far, as ``q`` does
+    (``counts["interrupted"]``). A correction to a crisis gets the hotline referral, as accepted answers have it.
+    """
     if not reviewer.strip():
         raise PrepError("--reviewer is required: every accepted answer records who accepted it.")
     groups = load_candidates(candidates_path)
-    decisions = load_decisions(decisions_path) if decisions_path else None
+    decisions = load_decisions(decisions_path, groups) if decisions_path else None
     now = datetime.now(timezone.utc)
-    rows, counts = [], {"accepted": 0, "corrected": 0, "skipped": 0}
+    rows, counts = [], {"accepted": 0, "corrected": 0, "skipped": 0, "referral_added": 0, "interrupted": False}
     for case_id, candidates in groups.items():
-        decision = decisions.get(case_id, {"skip": True}) if decisions is not None else ask(case_id, candidates)
+        try:
+            decision = decisions.get(case_id, {"skip": True}) if decisions is not None else ask(case_id, candidates)
+        except (EOFError, KeyboardInterrupt):
+            counts["interrupted"] = True
+            break
         if decision.get("quit"):
             break
-        base = {"input": "", "system": DEFAULT_SYSTEM_PROMPT, "origin": "feedback", "reviewer": reviewer,
-                "reviewed_at": now.isoformat(timespec="seconds"), "case_id": case_id, "candidates": str(candidates_path)}
-        if decision.get("correction"):
-            rows.append({"instruction": candidates[0]["question"], "output": decision["correction"], "sample": None, **base})
+        first = candidates[0]
+        base = {"input": "", "system": first.get("system") or DEFAULT_SYSTEM_PROMPT, "history": first.get("history") or [],
+                "origin": "feedback", "reviewer": reviewer, "reviewed_at": now.isoformat(timespec="seconds"),
+                "case_id": case_id, "candidates": str(candidates_path)}
+        correction = (decision.get("correction") or "").strip()
+        if correction:
+            crisis = first.get("crisis")
+            if not isinstance(crisis, bool):  # candidates of an older prep eval: judge what the user said
+                crisis = detect_crisis("\n".join([q for q, _ in base["history"]] + [first["question"]])).crisis
+            output, added = ensure_referral(correction) if crisis else (correction, False)
+            rows.append({"instruction": first["question"], "output": output, "sample": None, **base})
             counts["corrected"] += 1
+            counts["referral_added"] += added
             continue
         accepted = [c for c in candidates if c["sample"] in set(decision.get("accept") or [])]
         for candidate in accepted:
@@ -101,7 +140,24 @@ def review(candidates_path: Path, reviewer: str, decisions_path: Path | None = N
         counts["accepted" if accepted else "skipped"] += len(accepted) or 1
     if not rows:
         return None, counts
-    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", reviewer)[:32] or "reviewer"
-    out = Path(out_dir) / f"{safe}_{now.strftime('%Y%m%dT%H%M%S')}.jsonl"
-    atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    out = _new_feedback_file(Path(out_dir), reviewer, now)
+    atomic_write_text(out, "".join(_json_line(row) for row in rows))
     return out, counts
+
+
+def _json_line(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def _new_feedback_file(out_dir: Path, reviewer: str, now: datetime) -> Path:
+    """A file name of its own for this review: the reviewer's name (Chinese kept) and the time, and a number when
+    that is taken, so an earlier review (another reviewer in the same second, or the same one) is never replaced."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PrepError(f"--out-dir {out_dir}: is a file; expected a folder for feedback data.")
+    name = re.sub(r"[^\w-]+", "_", reviewer.strip())[:32].strip("_") or "reviewer"
+    stem = f"{name}_{now.strftime('%Y%m%dT%H%M%S')}"
+    out, number = out_dir / f"{stem}.jsonl", 1
+    while out.exists():
+        number += 1
+        out = out_dir / f"{stem}-{number}.jsonl"
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -21,6 +22,7 @@ import yaml
 
 from prep.errors import PrepError
 from prep.fsutil import atomic_write_json, atomic_write_text, read_yaml_mapping
+from prep.readers.decode import json_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("llamafactory", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "psy-counsel-prep")
@@ -193,14 +195,14 @@ def report_run(run_dir: Path) -> str:
     log_path = lora / "trainer_log.jsonl"
     if not log_path.is_file():
         raise PrepError(f"{log_path}: no trainer log; is {run_dir} a run folder (llamafactory-cli train output)?")
-    entries = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    train = [e for e in entries if e.get("loss") is not None]
-    evals = [e for e in entries if e.get("eval_loss") is not None]
+    # A run killed mid-write leaves a cut last line: the report is of what was logged, not an error.
+    entries = [e for _, e in json_lines(log_path, "trainer log") if isinstance(e, dict)]
+    train = [e for e in entries if _finite(e.get("loss"))]
+    evals = [e for e in entries if _finite(e.get("eval_loss"))]
     state = {}
     for candidate in [lora / "trainer_state.json", *sorted(lora.glob("checkpoint-*/trainer_state.json"))]:
-        if candidate.is_file():
-            state = json.loads(candidate.read_text(encoding="utf-8"))
-    results = json.loads((lora / "all_results.json").read_text(encoding="utf-8")) if (lora / "all_results.json").is_file() else {}
+        state = _json_object(candidate) or state
+    results = _json_object(lora / "all_results.json")
     best = min(evals, key=lambda e: e["eval_loss"]) if evals else None
     manifest = _read_manifest(run_dir)
     lines = [f"# Run report: {run_dir}", ""]
@@ -221,6 +223,19 @@ def report_run(run_dir: Path) -> str:
     text = "\n".join(lines) + "\n"
     atomic_write_text(run_dir / "report.md", text)
     return text
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _json_object(path: Path) -> dict:
+    """A JSON object file of the trainer, or {} when it is missing or unreadable (a run stopped while writing it)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _tokens_per_second(entries: list[dict], results: dict) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from prep.crisis_model import DISCOUNT_CEILING, LEXICON_FLOOR, THRESHOLD as LEARNED_THRESHOLD
 from prep.crisis_model import bundled_model
+from prep.text import clean_message
 
 DEFAULT_HOTLINES: tuple[str, ...] = (
     "全国心理援助热线 12356",
@@ -124,7 +125,7 @@ def _to_simplified(text: str) -> str:
 def normalise_for_detection(text: str) -> str:
     """Simplified characters, no tone marks (sǐ -> si), no symbols inside words (自$杀 -> 自杀), lower case.
     Undecodable bytes (lone surrogates from a non-UTF-8 terminal) become U+FFFD rather than an error."""
-    text = _to_simplified((text or "").encode("utf-8", "replace").decode("utf-8"))
+    text = _to_simplified(clean_message(text or ""))
     decomposed = unicodedata.normalize("NFKD", text)
     if decomposed != text:  # only texts with accents or compatibility forms pay for the per-character pass
         text = "".join(ch for ch in decomposed if not unicodedata.combining(ch))

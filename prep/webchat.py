@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 
-from prep.chat import ChatSession, clean_message
+from prep.chat import ChatSession
+from prep.text import clean_message
 from prep.safety import EMERGENCY_NUMBERS
 
 TITLE = "心理咨询助手"

@@ -248,3 +248,14 @@ def test_a_message_longer_than_the_context_is_declined_with_the_guard_and_the_hi
     while session._prompt_ids(near_full).shape[1] < 195:
         near_full += "好"
     assert session.ask(near_full).tokens <= 200 - session._prompt_ids(near_full).shape[1]
+
+
+def test_top_p_zero_means_greedy_only_with_temperature_zero():
+    """--temperature 0 --top-p 0 is how many people write 'greedy' (top-p plays no part then); with sampling it is
+    still refused, since it would leave no token to sample from."""
+    from prep.chat import GenerationOptions
+    from prep.errors import PrepError
+
+    assert GenerationOptions(temperature=0, top_p=0).top_p == 0
+    with pytest.raises(PrepError, match="--top-p 0: expected more than 0"):
+        GenerationOptions(temperature=0.7, top_p=0)

@@ -1,8 +1,10 @@
-"""Bytes to text with the encoding detected, not assumed (UTF-8, BOM, GB18030/GBK, others)."""
+"""Bytes to text with the encoding detected, not assumed (UTF-8, BOM, GB18030/GBK, others), and JSON Lines."""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from charset_normalizer import from_bytes
@@ -23,6 +25,37 @@ def read_text_file(path: Path) -> str:
     """Decode a text file (UTF-8 with or without BOM, then GB18030 or Big5 where the result is plausible Chinese,
     then detection); CRLF becomes LF. A file that is UTF-8 but for some lines is refused."""
     return _detect(path).replace("\r\n", "\n")
+
+
+def read_input(path: Path, what: str) -> str:
+    """``read_text_file`` for a file the user named: a missing file, a folder or an unreadable file is one sentence
+    that starts with ``what`` (the option, or what the file should hold)."""
+    try:
+        return read_text_file(path)
+    except FileNotFoundError:
+        raise PrepError(f"{what} {path}: no such file.") from None
+    except IsADirectoryError:
+        raise PrepError(f"{what} {path}: is a folder; expected a file.") from None
+    except PermissionError:
+        raise PrepError(f"{what} {path}: not readable (permission denied).") from None
+
+
+def lines_of(text: str) -> list[str]:
+    """The lines of a JSON Lines text. At line breaks only: str.splitlines() also breaks at U+2028, U+2029 and
+    U+0085, which json.dumps(ensure_ascii=False) and orjson leave unescaped inside strings, so one record would
+    become two malformed halves."""
+    return re.split(r"\r\n|\r|\n", text)
+
+
+def json_lines(path: Path, what: str) -> Iterator[tuple[int, object]]:
+    """(line number, value) for each non-blank line of a JSON Lines file the user named; the value is the
+    ``json.JSONDecodeError`` for a malformed line, for the caller to refuse or skip."""
+    for number, line in enumerate(lines_of(read_input(path, what)), start=1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield number, err
 
 
 def _detect(path: Path) -> str:

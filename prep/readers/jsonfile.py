@@ -7,12 +7,11 @@ line and column; a malformed line in a ``.jsonl`` file is a rejected row.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from prep.errors import PrepError
-from prep.readers.decode import read_text_file
+from prep.readers.decode import lines_of, read_text_file
 from prep.records import Conversation, Provenance, Rejected, Turn
 
 USER_ROLES = {"human", "user", "用户", "来访者"}
@@ -154,9 +153,7 @@ def read_jsonl(path: Path, origin: str = "labelled") -> Iterator[Conversation | 
     """
     text = read_text_file(path)
     journal: list[tuple[int, dict]] = []
-    # "\n" only: str.splitlines() also breaks at U+2028, U+2029 and U+0085, which json.dumps(ensure_ascii=False)
-    # and orjson leave unescaped inside strings, so one record would become two malformed halves.
-    for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
+    for number, line in enumerate(lines_of(text), start=1):
         if not line.strip():
             continue
         provenance = Provenance(str(path), f"line {number}", origin=origin)
