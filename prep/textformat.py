@@ -162,20 +162,23 @@ def parse_text(text: str, *, one_conversation: bool = False) -> list[ParsedConve
 def parse_dialogues(text: str) -> list[ParsedConversation]:
     """Multi-turn dialogues separated by lines of ``###`` (the multi-turn template's format): each is one
     conversation, its turns kept together."""
-    return [parsed for chunk in DIALOGUE_SEPARATOR.split(text) if chunk.strip()
-            for parsed in parse_text(chunk, one_conversation=True)]
+    return _dialogues(DIALOGUE_SEPARATOR.split(text))
+
+
+def _dialogues(chunks: list[str]) -> list[ParsedConversation]:
+    return [parsed for chunk in chunks if chunk.strip() for parsed in parse_text(chunk, one_conversation=True)]
 
 
 def as_dialogue_file(text: str) -> list[ParsedConversation] | None:
     """The dialogues of a text that is clearly ``###``-separated dialogues: every part between separators opens
     with a role label and parses whole. None otherwise (a ``###`` used as a divider inside an answer), so the
     caller reads the text pair by pair instead."""
-    if not DIALOGUE_SEPARATOR.search(text):
+    chunks = DIALOGUE_SEPARATOR.split(text)
+    if len(chunks) == 1:
         return None
-    chunks = [_FENCE.sub("", chunk).strip() for chunk in DIALOGUE_SEPARATOR.split(text)]
-    if not all(_LABEL.match(chunk) for chunk in chunks if chunk):
+    if not all(_LABEL.match(opening) for opening in (_FENCE.sub("", chunk).strip() for chunk in chunks) if opening):
         return None
-    dialogues = parse_dialogues(text)
+    dialogues = _dialogues(chunks)
     return dialogues if all(not d.error for d in dialogues) else None
 
 
