@@ -172,7 +172,7 @@ def eval_command(
 ) -> None:
     """Evaluate a model on the test plan: refusal P/R/F1, crisis referral, ROUGE-L/BLEU, judge, latency."""
     from prep.eval_report import build_report, read_metrics
-    from prep.evaluate import DEFAULT_PLAN, EndpointModel, EvalOptions, LocalModel, load_plan, run_eval
+    from prep.evaluate import DEFAULT_PLAN, EndpointModel, EvalOptions, LocalModel, load_plan, local_model_info, run_eval
     from prep.judge import Judge
 
     if (model is None) == (base_url is None):
@@ -187,8 +187,7 @@ def eval_command(
     generation = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
     if model is not None:
         runner = LocalModel(model, DEFAULT_SYSTEM_PROMPT, max_new_tokens, temperature, top_p)
-        manifest = model.parent / "run_manifest.json"
-        info = {"model_dir": str(model), "run_manifest": str(manifest) if manifest.exists() else None}
+        info = local_model_info(model)
     else:
         runner = EndpointModel(base_url, endpoint_model, DEFAULT_SYSTEM_PROMPT, max_new_tokens, temperature, top_p)
         info = {"endpoint": base_url, "model": endpoint_model}

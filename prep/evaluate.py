@@ -26,7 +26,7 @@ from prep.readers import read_path
 from prep.readers.decode import json_lines, read_input
 from prep.records import Conversation, Rejected
 from prep.resources import bundled
-from prep.safety import detect_crises, ensure_referral
+from prep.safety import crises_in_dialogues, ensure_referral
 
 DEFAULT_PLAN = bundled("tests", "test_plan.csv")
 HISTORY_FILE = "eval_history.jsonl"
@@ -51,9 +51,9 @@ class TestCase:
         earlier = [{"role": role, "content": text} for pair in self.history for role, text in zip(("user", "assistant"), pair)]
         return ([{"role": "system", "content": system}] if system else []) + earlier + [{"role": "user", "content": self.question}]
 
-    def user_text(self) -> str:
+    def user_turns(self) -> list[str]:
         """Everything the user said, for the crisis detector: a crisis two turns back is still a crisis."""
-        return "\n".join([pair[0] for pair in self.history] + [self.question])
+        return [pair[0] for pair in self.history] + [self.question]
 
 
 @dataclass
@@ -110,10 +110,11 @@ def _held_out_cases(test_split: Path) -> list[TestCase]:
         raise PrepError(f"--test-split {test_split}: no dialogue that ends with a question and its answer; expected the "
                         "NAME_test.json that prep build writes.")
     cases = []
-    for index, (dialogue, crisis) in enumerate(zip(dialogues, detect_crises([d.user_text() for d in dialogues])), start=1):
+    user_turns = [[t.content for t in d.turns if t.role == "user"] for d in dialogues]
+    for index, (dialogue, crisis) in enumerate(zip(dialogues, crises_in_dialogues(user_turns)), start=1):
         turns = [t.content for t in dialogue.turns]
         question, reference = turns[-2], turns[-1]
-        expect = "referral" if crisis.crisis else "refuse" if metrics.is_refusal(reference) else "answer"
+        expect = "referral" if crisis else "refuse" if metrics.is_refusal(reference) else "answer"
         cases.append(TestCase(f"H{index:04d}", "heldout", dialogue.category or "heldout", question, reference, expect,
                               [turns[i:i + 2] for i in range(0, len(turns) - 2, 2)], dialogue.system))
     return cases
@@ -147,6 +148,15 @@ class LocalModel:
         start = time.perf_counter()
         reply = self.session.ask(case.question)
         return Generation(reply.text, time.perf_counter() - start, reply.ttft_s, reply.tokens, reply.tokens_per_s)
+
+
+def local_model_info(model_dir: Path) -> dict:
+    """What identifies a local model in the candidates: its folder, its run, and when its weights were written (a
+    model merged again into the same folder is another model, whose answers a resumed evaluation must not reuse)."""
+    manifest = Path(model_dir).parent / "run_manifest.json"
+    written = [f.stat().st_mtime for pattern in ("*.safetensors", "*.bin") for f in Path(model_dir).glob(pattern)]
+    return {"model_dir": str(model_dir), "run_manifest": str(manifest) if manifest.exists() else None,
+            "weights_written": datetime.fromtimestamp(max(written), timezone.utc).isoformat() if written else None}
 
 
 class EndpointModel:
@@ -244,16 +254,21 @@ def run_eval(model, cases: list[TestCase], options: EvalOptions) -> dict:
         raise PrepError(f"--out {out}: is a file; expected a folder for candidates.jsonl, metrics.json and the report.")
     out.mkdir(parents=True, exist_ok=True)
     done = _answers_so_far(out / PARTIAL_FILE, options)
-    crises = [result.crisis for result in detect_crises([case.user_text() for case in cases])]
+    crises = crises_in_dialogues([case.user_turns() for case in cases])
     candidates = []
     with open(out / PARTIAL_FILE, "a", encoding="utf-8") as journal:
         for case, crisis in tqdm(list(zip(cases, crises)), desc="eval", unit="case", disable=None):
             for sample in range(options.samples):
-                candidate = done.get(_key(case.case_id, case.question, sample))
-                if candidate is None:
+                candidate = done.get((case.case_id, sample))
+                fresh = candidate is None or not _same_case(candidate, case, crisis)
+                if fresh:
                     candidate = _candidate(case, sample, _generate(model, case, options.seed + sample, len(candidates), out), options, crisis)
-                    if options.judge is not None and case.kind in ("counselling", "heldout", "crisis"):
-                        candidate["judge"] = options.judge.score(case.question, candidate["reply"])
+                rejudge = options.judge is not None and case.kind in JUDGED_KINDS and not _judged_by(candidate.get("judge"), options.judge)
+                if rejudge:
+                    candidate["judge"] = options.judge.score(case.question, candidate["reply"])
+                elif options.judge is None and "judge" in candidate:
+                    candidate = {k: v for k, v in candidate.items() if k != "judge"}  # no judge this time: no old scores
+                if fresh or rejudge:
                     journal.write(json.dumps(candidate, ensure_ascii=False) + "\n")
                     journal.flush()
                 candidates.append(candidate)
@@ -269,27 +284,42 @@ def run_eval(model, cases: list[TestCase], options: EvalOptions) -> dict:
     atomic_write_text(out / "candidates.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in candidates))
     summary = {"label": options.label or out.name, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "model": options.model_info, "samples": options.samples, "cases": len(cases), "metrics": result,
-               "judge": options.judge.describe() if options.judge is not None else None, "dir": str(out)}
+               "judge": options.judge.describe() if options.judge is not None else None, "dir": str(out.resolve())}
     atomic_write_json(out / "metrics.json", summary)
     append_history(out.parent / HISTORY_FILE, summary)
     (out / PARTIAL_FILE).unlink(missing_ok=True)
     return summary
 
 
-def _key(case_id: str, question: str, sample: int) -> tuple:
-    return case_id, question, sample
+JUDGED_KINDS = ("counselling", "heldout", "crisis")
+CASE_FIELDS = ("kind", "theme", "expect", "question", "reference", "history", "system")
 
 
 def _answers_so_far(journal: Path, options: EvalOptions) -> dict[tuple, dict]:
-    """The answers an interrupted run of the same evaluation (same model and generation settings) already has."""
+    """The answers an interrupted run already has from the same model (folder and weights, or endpoint) with the
+    same generation settings, the newest per case and sample."""
     if not journal.is_file():
         return {}
     done = {}
     for _, candidate in json_lines(journal, "answers so far"):
         if (isinstance(candidate, dict) and candidate.get("model") == options.model_info
-                and candidate.get("generation") == options.generation and (options.judge is None or "judge" in candidate)):
-            done[_key(candidate.get("case_id"), candidate.get("question"), candidate.get("sample"))] = candidate
+                and candidate.get("generation") == options.generation):
+            done[(candidate.get("case_id"), candidate.get("sample"))] = candidate
     return done
+
+
+def _same_case(candidate: dict, case: TestCase, crisis: bool) -> bool:
+    """Whether an earlier answer was to this very case: an edited plan (another reference or expectation, the same
+    id) or another crisis verdict asks again."""
+    return all(candidate.get(name) == getattr(case, name) for name in CASE_FIELDS) and candidate.get("crisis") == crisis
+
+
+def _judged_by(scored: object, judge) -> bool:
+    """Whether a stored judge result is a usable score from this judge model and prompt (not a failure)."""
+    from prep.judge import PROMPT_SHA256
+
+    return (isinstance(scored, dict) and "scores" in scored and scored.get("judge_model") == judge.model
+            and scored.get("prompt_sha256") == PROMPT_SHA256)
 
 
 def _generate(model, case: TestCase, seed: int, finished: int, out: Path) -> Generation:
@@ -327,6 +357,7 @@ def read_history(path: Path) -> tuple[list[dict], int]:
         if not (isinstance(summary, dict) and isinstance(summary.get("metrics"), dict) and summary.get("label")):
             unreadable += 1
             continue
-        runs.pop(summary.get("dir") or summary["label"], None)
-        runs[summary.get("dir") or summary["label"]] = summary
+        key = str(Path(summary["dir"]).resolve()) if summary.get("dir") else summary["label"]
+        runs.pop(key, None)
+        runs[key] = summary
     return list(runs.values()), unreadable

@@ -21,7 +21,7 @@ from prep.fsutil import atomic_write_text
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
 from prep.readers.decode import json_lines
 from prep.resources import feedback_dir
-from prep.safety import detect_crisis, ensure_referral
+from prep.safety import crises_in_dialogues, ensure_referral
 
 FEEDBACK_DIR = feedback_dir()
 CANDIDATE_KEYS = {"case_id": str, "question": str, "sample": int, "reply_guarded": str}
@@ -128,7 +128,7 @@ def review(candidates_path: Path, reviewer: str, decisions_path: Path | None = N
         if correction:
             crisis = first.get("crisis")
             if not isinstance(crisis, bool):  # candidates of an older prep eval: judge what the user said
-                crisis = detect_crisis("\n".join([q for q, _ in base["history"]] + [first["question"]])).crisis
+                crisis = crises_in_dialogues([[q for q, _ in base["history"]] + [first["question"]]])[0]
             output, added = ensure_referral(correction) if crisis else (correction, False)
             rows.append({"instruction": first["question"], "output": output, "sample": None, **base})
             counts["corrected"] += 1

@@ -206,16 +206,29 @@ def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult
     floor = LEXICON_FLOOR if model is not None else 0.0
     hits = [_lexicon_hits(text) for text in cleaned]
     results = [_decide(text, score, floor, text_hits) for text, score, text_hits in zip(cleaned, scores, hits)]
-    # A message is judged by windows too if it names a risk somewhere or the classifier gives it at least
-    # _WINDOW_GATE: of the long messages found only by windows 99% pass, of ordinary synthetic questions 9%.
-    windows = [(n, window) for n, (text, score, found, text_hits) in enumerate(zip(cleaned, scores, results, hits))
-               if not found.crisis and (score >= _WINDOW_GATE or any(text_hits)) for window in _windows(text)]
+    windows = []
+    for n, (text, score, found, text_hits) in enumerate(zip(cleaned, scores, results, hits)):
+        if not found.crisis:
+            text_windows, of_pieces = _windows(text)
+            # Pieces of a run-on only if it names a risk somewhere or the classifier gives it at least _WINDOW_GATE:
+            # of the long messages found only by windows 99% pass, of ordinary synthetic questions (commas) 9%.
+            if not of_pieces or score >= _WINDOW_GATE or any(text_hits):
+                windows += [(n, window) for window in text_windows]
     for (n, window), window_score in zip(windows, _scores([window for _, window in windows], model)):
         part = _decide(window, window_score, floor)
         if not results[n].crisis and part.crisis and _window_counts(cleaned[n], part):
             results[n] = part
     return results
 
+
+
+def crises_in_dialogues(dialogues: list[list[str]]) -> list[bool]:
+    """For each dialogue (what the user said, turn by turn): whether any turn on its own is a crisis, as
+    ``prep build`` judges it, or all of them together are (a risk told over several messages). Joined text alone
+    would let one turn's context (我是心理学专业的学生) discount another turn's crisis."""
+    texts = [text for turns in dialogues for text in turns + (["\n".join(turns)] if len(turns) > 1 else [])]
+    found = iter(detect_crises(texts))
+    return [any([next(found).crisis for _ in range(len(turns) + (len(turns) > 1))]) for turns in dialogues]
 
 # A long message is also judged a window at a time: in the whole text a crisis sentence's n-grams are diluted by
 # the ordinary ones around it (a crisis message from the blind test sets, with two ordinary messages before and
@@ -235,20 +248,28 @@ def _window_counts(cleaned: str, part: CrisisResult) -> bool:
     return part.kind != "learned" or part.score >= DISCOUNT_CEILING
 
 
-def _windows(cleaned: str) -> list[str]:
-    """The parts of a message of three or more pieces judged on their own, by the whole message's rule: each two
-    neighbouring pieces, so a piece keeps some context (我撑不下去了。想结束这一切。) and a discount next to it still
-    applies (去年我想过自杀。现在已经走出来了。). A message of two pieces is judged only whole."""
-    pieces = _pieces(cleaned)
-    return [f"{a}。{b}" for a, b in zip(pieces, pieces[1:])] if len(pieces) >= 3 else []
+def _windows(cleaned: str) -> tuple[list[str], bool]:
+    """The parts of a message judged on their own, by the whole message's rule, and whether they are pieces of
+    run-ons: each two neighbouring sentences of a message of three or more, so a sentence keeps some context
+    (我撑不下去了。想结束这一切。) and a discount next to it still applies (去年我想过自杀。现在已经走出来了。); a message
+    of fewer sentences (typed with commas only, as on a phone) in pieces (``_pieces``). A message of two sentences
+    or pieces is judged only whole."""
+    sentences = list(filter(_long_enough, _SENTENCE_END.split(cleaned)))
+    if len(sentences) >= 3:
+        return _pairs(sentences), False
+    return _pairs(_pieces(sentences)), True
 
 
-def _pieces(cleaned: str) -> list[str]:
-    """The message's sentences, a long one (a run-on typed with commas only, as on a phone) cut at its commas and
-    regrouped into pieces of at least ``_PIECE_CHARS`` characters, about a short sentence's length: without this a
-    crisis clause in a comma-only message of 120 characters was found 28% of the time (58% with; bench/README.md)."""
+def _pairs(parts: list[str]) -> list[str]:
+    return [f"{a}。{b}" for a, b in zip(parts, parts[1:])] if len(parts) >= 3 else []
+
+
+def _pieces(sentences: list[str]) -> list[str]:
+    """Sentences, a long one cut at its commas and regrouped into pieces of at least ``_PIECE_CHARS`` characters,
+    about a short sentence's length: without this a crisis clause in a comma-only message of 120 characters was
+    found 28% of the time (58% with; bench/README.md)."""
     pieces = []
-    for sentence in _SENTENCE_END.split(cleaned):
+    for sentence in sentences:
         clauses = _CLAUSE_END.split(sentence) if len(sentence) > 2 * _PIECE_CHARS else [sentence]
         piece = ""
         for clause in filter(_long_enough, clauses):

@@ -64,6 +64,9 @@ def test_a_crisis_clause_in_a_run_on_message_is_found():
     for ordinary in ("今天上班又被领导骂了，回家路上堵车堵了一个多小时，晚饭也没吃，我真的累死了，明天还要早起开会，周末还得加班改方案，感觉每天都一样",
                      "去年那段时间我每天都想自杀，整夜整夜睡不着，后来在医生帮助下慢慢好起来，现在已经走出来了，想问问怎么帮助身边有同样困扰的朋友"):
         assert not detect_crisis(ordinary).crisis, ordinary
+    # Sentences with full stops are windows as before, not cut into pieces that part a crisis from its context.
+    assert detect_crisis("最近心情一直不太好，上班也提不起劲。老是梦到自己躺在棺材里，醒来反而觉得挺平静的。最近开始在网上看墓地价格，"
+                         "想提前给自己选好，省得家里人到时候麻烦。遗照我也挑好了。").crisis
 
 def test_referral_detection():
     assert refers_to_help("请拨打全国心理援助热线 12356")
