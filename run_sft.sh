@@ -16,6 +16,7 @@
 #             11 merge failed; 12 chat failed.
 set -euo pipefail
 
+CALLER=$PWD
 cd "$(dirname "${BASH_SOURCE[0]}")"
 ROOT="$PWD"
 if [[ -x "$ROOT/.venv/bin/python" ]]; then
@@ -47,6 +48,10 @@ while [[ $# -gt 0 ]]; do
     *) die 2 "unknown argument '$1' (see 'bash run_sft.sh --help')" ;;
   esac
 done
+# --config, --output and a local --model are relative to the folder the script was run from, not to the repo.
+from_caller() { if [[ -z "$1" || "$1" == /* || "$CALLER" == "$ROOT" ]]; then printf '%s' "$1"; else printf '%s' "$CALLER/$1"; fi; }
+CONFIG=$(from_caller "$CONFIG") OUTPUT=$(from_caller "$OUTPUT")
+if [[ -n "$MODEL" && -e "$CALLER/$MODEL" ]]; then MODEL=$(from_caller "$MODEL"); fi
 command -v llamafactory-cli >/dev/null || die 2 "llamafactory-cli not found; run 'make install' (or 'make demo') first."
 command -v prep >/dev/null || die 2 "the prep command is not installed; run 'make install' first."
 
@@ -54,19 +59,29 @@ if [[ "$MODE" == demo ]]; then
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 CUDA_VISIBLE_DEVICES=""
   CONFIG=${CONFIG:-factory_configs/demo_cpu_lora_sft.yaml}
   MERGE_CONFIG=factory_configs/demo_cpu_merge.yaml
-  FORCE=1
+  [[ -n "$OUTPUT" ]] || FORCE=1  # the demo's own run folder is redone by every demo; a folder you name is not
 else
   CONFIG=${CONFIG:-factory_configs/llama3_lora_sft.yaml}
   MERGE_CONFIG=factory_configs/llama3_merge.yaml
 fi
 [[ -f "$CONFIG" ]] || die 2 "--config $CONFIG: no such file."
 
-if [[ "$MODE" == demo || ! -s "data/${DATA_NAME}_alpaca.json" ]]; then
+# The seed datasets are built only when missing: a psy_seed you built with more data (data/feedback) stays.
+TO_BUILD=()
+[[ -s "data/${DATA_NAME}_alpaca.json" ]] || TO_BUILD+=("data/${DATA_NAME}_*.json from data/seed")
+if [[ "$MODE" == demo ]]; then
+  TINY=$(python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["model_name_or_path"])' "$CONFIG")
+  [[ -f "$TINY/config.json" ]] || TO_BUILD+=("the tiny model in $TINY")
+fi
+if (( DRY )) && (( ${#TO_BUILD[@]} )); then  # a dry run writes nothing
+  echo "dry run: the run would first build ${TO_BUILD[*]}; the remaining checks need them (run without --dry-run)."
+  exit 0
+fi
+if [[ ! -s "data/${DATA_NAME}_alpaca.json" ]]; then
   step "Building datasets from data/seed (registry: ./dataset_info.json)"
   prep build data/seed --name "$DATA_NAME" || die 5 "prep build failed on data/seed."
 fi
-if [[ "$MODE" == demo ]]; then
-  TINY=$(python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["model_name_or_path"])' "$CONFIG")
+if [[ "$MODE" == demo ]] && (( ! DRY )); then  # the demo's model, rebuilt by every demo
   step "Building the tiny local model in $TINY (random weights, Llama-3 tokenizer layout)"
   prep tiny-model "$TINY" --data data/seed --hidden-size 128 || die 2 "could not build the tiny model."
 fi
@@ -91,6 +106,9 @@ fi
 # LLaMA-Factory's parser logs to stdout: the run folder is the last line.
 RUN_DIR=$(prep run-check "${CHECK[@]}" --write --command "run_sft.sh ${ARGS[*]}" | tail -n 1) || exit 2
 (( RESUME )) || rm -rf "$RUN_DIR/lora" "$RUN_DIR/merged"
+STAGE=train
+# Ctrl-C or kill: the manifest says so (not 'running' for ever), and --resume continues from the last checkpoint.
+trap 'trap - INT TERM; prep run-finish "$RUN_DIR" --exit-code 130 --stage "$STAGE"; die 130 "interrupted during $STAGE; re-run with --resume to continue from the last checkpoint."' INT TERM
 
 step "LoRA SFT: llamafactory-cli train $RUN_DIR/run_config.yaml"
 if ! llamafactory-cli train "$RUN_DIR/run_config.yaml"; then
@@ -99,13 +117,24 @@ if ! llamafactory-cli train "$RUN_DIR/run_config.yaml"; then
 fi
 
 if (( MERGE )); then
-  MODEL_PATH=$(python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["model_name_or_path"])' "$RUN_DIR/run_config.yaml")
-  step "Merging the adapter: llamafactory-cli export $MERGE_CONFIG"
-  if ! llamafactory-cli export "$MERGE_CONFIG" "model_name_or_path=$MODEL_PATH" "adapter_name_or_path=$RUN_DIR/lora" "export_dir=$RUN_DIR/merged"; then
+  STAGE=merge
+  # A merge config of the run's own, not key=value overrides: LLaMA-Factory reads those as YAML (a '#' in a path
+  # would start a comment).
+  python - "$MERGE_CONFIG" "$RUN_DIR" <<'PY' || die 11 "could not write $RUN_DIR/merge_config.yaml."
+import sys, yaml
+from pathlib import Path
+merge, run_dir = yaml.safe_load(open(sys.argv[1], encoding="utf-8")), Path(sys.argv[2])
+train = yaml.safe_load(open(run_dir / "run_config.yaml", encoding="utf-8"))
+merge.update(model_name_or_path=train["model_name_or_path"], adapter_name_or_path=str(run_dir / "lora"), export_dir=str(run_dir / "merged"))
+(run_dir / "merge_config.yaml").write_text(yaml.safe_dump(merge, allow_unicode=True, sort_keys=False), encoding="utf-8")
+PY
+  step "Merging the adapter: llamafactory-cli export $RUN_DIR/merge_config.yaml (from $MERGE_CONFIG)"
+  if ! llamafactory-cli export "$RUN_DIR/merge_config.yaml"; then
     prep run-finish "$RUN_DIR" --exit-code 11 --stage merge
     die 11 "merge failed (see the output above)."
   fi
 fi
+trap - INT TERM
 prep run-finish "$RUN_DIR" --exit-code 0
 
 step "Run report ($RUN_DIR/report.md)"
@@ -126,6 +155,6 @@ else
     echo "Merged model: $RUN_DIR/merged"
     echo "Talk to it:   python chat.py --model $RUN_DIR/merged"
   else
-    echo "Adapter:      $RUN_DIR/lora (not merged: python chat.py --base MODEL --adapter $RUN_DIR/lora)"
+    echo "Adapter:      $RUN_DIR/lora (not merged: python chat.py --model BASE_MODEL --adapter $RUN_DIR/lora)"
   fi
 fi

@@ -22,7 +22,7 @@ import yaml
 
 from prep.errors import PrepError
 from prep.fsutil import atomic_write_json, atomic_write_text, read_yaml_mapping
-from prep.readers.decode import json_lines
+from prep.readers.decode import json_lines, read_input
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("llamafactory", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "psy-counsel-prep")
@@ -53,16 +53,21 @@ def _wants_gpu(config: dict) -> bool:
     return bool(config.get("bf16") or config.get("fp16") or config.get("quantization_bit") or config.get("deepspeed"))
 
 
+REMOTE_DATASET_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+
+
 def check_datasets(config: dict) -> list[Path]:
     """Every dataset named in the config is registered and its file is present and non-empty."""
     dataset_dir = Path(config.get("dataset_dir", "data"))
     registry_path = dataset_dir / "dataset_info.json"
+    if not registry_path.is_file():
+        raise PrepError(f"{registry_path}: no dataset registry; run 'prep build ... --name NAME' first.")
     try:
-        registry = json.loads(registry_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PrepError(f"{registry_path}: no dataset registry; run 'prep build ... --name NAME' first.") from None
+        registry = json.loads(read_input(registry_path, "dataset registry"))
     except json.JSONDecodeError as err:
         raise PrepError(f"{registry_path}: not valid JSON ({err.msg} at line {err.lineno}).") from None
+    if not isinstance(registry, dict):
+        raise PrepError(f"{registry_path}: expected a JSON object of dataset entries.")
     files = []
     for name in str(config.get("dataset", "")).split(","):
         name = name.strip()
@@ -70,10 +75,18 @@ def check_datasets(config: dict) -> list[Path]:
             continue
         if name not in registry:
             raise PrepError(f"dataset '{name}' is not in {registry_path}; run 'prep build ... --name {name.rsplit('_', 1)[0]}' or fix 'dataset'.")
-        file = dataset_dir / registry[name].get("file_name", "")
-        if not file.is_file() or file.stat().st_size <= 2:
+        entry = registry[name]
+        if not isinstance(entry, dict):
+            raise PrepError(f"dataset '{name}' in {registry_path} is {type(entry).__name__}, not an entry; expected an object with file_name.")
+        if any(entry.get(key) for key in REMOTE_DATASET_KEYS):
+            continue  # on a hub or in the cloud: LLaMA-Factory fetches it, nothing local to check
+        if not entry.get("file_name"):
+            raise PrepError(f"dataset '{name}' in {registry_path} has no file_name (nor {', '.join(REMOTE_DATASET_KEYS)}).")
+        file = dataset_dir / entry["file_name"]
+        parts = sorted(p for p in file.rglob("*") if p.is_file() and p.stat().st_size > 2) if file.is_dir() else []
+        if not parts and (not file.is_file() or file.stat().st_size <= 2):
             raise PrepError(f"dataset '{name}': {file} is missing or empty; run 'prep build' to write it.")
-        files.append(file)
+        files += parts or [file]
     if not files:
         raise PrepError("the config names no dataset; set 'dataset' or pass --dataset NAMES.")
     return files
@@ -92,19 +105,43 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool) -> None:
     if _looks_local(model):
         if not (Path(model).expanduser() / "config.json").is_file():
             raise PrepError(f"model folder '{model}' not found or has no config.json; pass --model with a local folder or a hub id.")
-    elif os.environ.get("HF_HUB_OFFLINE") == "1":
+    elif os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(model):
         raise PrepError(f"model '{model}' is a hub id but HF_HUB_OFFLINE=1; download it first or pass --model with a local folder.")
     check_datasets(config)
     manifest = _read_manifest(run_dir)
     if resume:
         if not any((run_dir / "lora").glob("checkpoint-*")):
             raise PrepError(f"--resume: no checkpoint-* in {run_dir / 'lora'} to continue from.")
-    elif manifest.get("status") == "finished" and not force:
+    elif not force and (manifest.get("status") == "finished" or _has_adapter(run_dir / "lora")):
         raise PrepError(f"{run_dir} holds a finished run; pass --force to overwrite it, --resume to continue, or --output DIR.")
+    elif not force and manifest.get("status") == "running":
+        raise PrepError(f"{run_dir} holds a run that is still running, or was killed without a word (started "
+                        f"{manifest.get('start')}); pass --force if it is not running any more, --resume to continue, or --output DIR.")
     _parse_with_llamafactory(config)
 
 
+def _has_adapter(lora: Path) -> bool:
+    """A trained adapter (a run's final save), with or without a manifest (llamafactory-cli train run by hand)."""
+    return (lora / "adapter_config.json").is_file() or (lora / "adapter_model.safetensors").is_file()
+
+
+def _in_hub_cache(model: str) -> bool:
+    """Whether a hub id is already downloaded, so that an offline run can load it."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:  # an invalid repo id, or no hub library
+        return False
+
+
 def _parse_with_llamafactory(config: dict) -> None:
+    """LLaMA-Factory's own argument checks. Seeing several GPUs, its parser refuses a process that torchrun did not
+    launch (as llamafactory-cli train will), so the check then runs in a child process that sees one GPU, as each
+    training process does."""
+    if _visible_gpus() > 1 and os.environ.get("PREP_CHECK_CHILD") != "1":
+        _parse_in_child(config)
+        return
     from llamafactory.hparams import get_train_args
 
     checked = dict(config)
@@ -118,11 +155,33 @@ def _parse_with_llamafactory(config: dict) -> None:
         raise PrepError("LLaMA-Factory rejects the config (unknown or malformed keys).") from None
 
 
-def _read_manifest(run_dir: Path) -> dict:
+def _visible_gpus() -> int:
     try:
-        return json.loads((run_dir / "run_manifest.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # no CUDA runtime
+        return 0
+
+
+def _parse_in_child(config: dict) -> None:
+    import subprocess
+    import sys
+
+    first = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": first, "PREP_CHECK_CHILD": "1"}
+    code = ("import json, sys\nfrom prep.errors import PrepError\nfrom prep.runs import _parse_with_llamafactory\n"
+            "try:\n    _parse_with_llamafactory(json.load(sys.stdin))\nexcept PrepError as err:\n    print(err, file=sys.stderr); sys.exit(2)\n")
+    child = subprocess.run([sys.executable, "-c", code], input=json.dumps(config), env=env, capture_output=True, text=True)
+    if child.returncode:
+        lines = child.stderr.strip().splitlines()
+        raise PrepError(lines[-1] if lines and child.returncode == 2 else "LLaMA-Factory's config check failed (exit "
+                        f"{child.returncode}): {(lines or ['no output'])[-1]}")
+
+
+def _read_manifest(run_dir: Path) -> dict:
+    """A run's manifest, or {} when there is none or it is unreadable (a hand edit, a crash while writing)."""
+    return _json_object(run_dir / "run_manifest.json")
 
 
 def _sha256(path: Path) -> str:
@@ -181,7 +240,7 @@ def start_manifest(config: dict, run_dir: Path, command: str) -> Path:
 def finish_manifest(run_dir: Path, exit_code: int, stage: str) -> None:
     manifest = _read_manifest(run_dir)
     manifest.update(
-        status="finished" if exit_code == 0 else f"failed ({stage})",
+        status="finished" if exit_code == 0 else f"interrupted ({stage})" if exit_code == 130 else f"failed ({stage})",
         exit_code=exit_code,
         end=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
@@ -199,6 +258,8 @@ def report_run(run_dir: Path) -> str:
     entries = [e for _, e in json_lines(log_path, "trainer log") if isinstance(e, dict)]
     train = [e for e in entries if _finite(e.get("loss"))]
     evals = [e for e in entries if _finite(e.get("eval_loss"))]
+    last = next((e for e in reversed(entries) if e.get("current_steps") is not None), {})
+    diverged = next((e for e in entries if any(key in e and not _finite(e[key]) for key in ("loss", "eval_loss"))), None)
     state = {}
     for candidate in [lora / "trainer_state.json", *sorted(lora.glob("checkpoint-*/trainer_state.json"))]:
         state = _json_object(candidate) or state
@@ -210,9 +271,10 @@ def report_run(run_dir: Path) -> str:
         lines += [f"status **{manifest.get('status')}**, git {str((manifest.get('git') or {}).get('commit'))[:10]}"
                   f"{' (dirty)' if (manifest.get('git') or {}).get('dirty') else ''}, started {manifest.get('start')}, ended {manifest.get('end')}", ""]
     lines += ["| metric | value |", "|---|---|",
-              f"| steps | {train[-1].get('current_steps') if train else 0} / {train[-1].get('total_steps') if train else 0} |",
+              f"| steps | {last.get('current_steps', 0)} / {last.get('total_steps', 0)} |",
               f"| first / last train loss | {train[0]['loss'] if train else '-'} / {train[-1]['loss'] if train else '-'} |",
               f"| best eval loss | {best['eval_loss'] if best else '-'} at step {best.get('current_steps') if best else '-'} |",
+              *([f"| **loss not finite (NaN/inf) from step** | {diverged.get('current_steps')} |"] if diverged else []),
               f"| best checkpoint | {state.get('best_model_checkpoint') or state.get('best_global_step') or '-'} |",
               f"| train runtime (s) | {results.get('train_runtime', '-')} |",
               f"| train samples/s | {results.get('train_samples_per_second', '-')} |",
@@ -241,6 +303,6 @@ def _json_object(path: Path) -> dict:
 def _tokens_per_second(entries: list[dict], results: dict) -> str:
     tokens = results.get("num_input_tokens_seen") or next((e.get("num_input_tokens_seen") for e in reversed(entries) if e.get("num_input_tokens_seen")), None)
     runtime = results.get("train_runtime")
-    if tokens and runtime:
+    if _finite(tokens) and _finite(runtime) and tokens > 0 and runtime > 0:
         return f"{tokens / runtime:.1f}"
     return "- (set include_num_input_tokens_seen: true)"

@@ -56,3 +56,35 @@ def test_seed_recipe_is_the_real_config():
                 "eval_steps": 100, "save_steps": 100, "load_best_model_at_end": True, "plot_loss": True, "bf16": True,
                 "lora_target": "all", "model_name_or_path": "meta-llama/Meta-Llama-3-8B-Instruct"}
     assert {k: config.get(k) for k in expected} == expected
+
+
+def test_the_pre_run_check_reads_every_registry_llamafactory_reads(tmp_path):
+    """A GBK registry (hand-edited in Chinese), a dataset folder and a hub-hosted entry are what LLaMA-Factory
+    accepts; an entry that is not an object is one sentence, not a traceback."""
+    from prep.errors import PrepError
+    from prep.runs import check_datasets
+
+    (tmp_path / "data" / "folder_ds").mkdir(parents=True)
+    (tmp_path / "data" / "folder_ds" / "part1.json").write_text('[{"instruction": "问", "output": "答"}]', encoding="utf-8")
+    registry = {"folder_ds": {"file_name": "data/folder_ds", "columns": {"prompt": "instruction", "response": "output"}},
+                "hub_ds": {"hf_hub_url": "someone/psy-data", "columns": {"prompt": "instruction", "response": "output"}},
+                "注释": "手写的说明", "bad": "data/x.json"}
+    (tmp_path / "dataset_info.json").write_bytes(json.dumps(registry, ensure_ascii=False).encode("gbk"))
+    files = check_datasets({"dataset_dir": str(tmp_path), "dataset": "folder_ds,hub_ds"})
+    assert files == [tmp_path / "data" / "folder_ds" / "part1.json"]
+    with pytest.raises(PrepError, match="dataset 'bad' in .* is str, not an entry"):
+        check_datasets({"dataset_dir": str(tmp_path), "dataset": "folder_ds,bad"})
+
+
+def test_the_config_check_in_a_child_process_reports_llamafactorys_sentence(tiny_model, tmp_path):
+    """With several GPUs visible the parse runs in a child that sees one (LLaMA-Factory's parser refuses a process
+    torchrun did not launch); no GPU here, so the child is called directly: a good config passes, a bad one is
+    LLaMA-Factory's own sentence."""
+    from prep.errors import PrepError
+    from prep.runs import _parse_in_child
+
+    config = yaml.safe_load((ROOT / "factory_configs" / "demo_cpu_lora_sft.yaml").read_text(encoding="utf-8"))
+    config.update(model_name_or_path=str(tiny_model), output_dir=str(tmp_path / "lora"), dataset_dir=str(ROOT))
+    _parse_in_child(config)
+    with pytest.raises(PrepError, match="LLaMA-Factory rejects the config: .*load_best_model_at_end"):
+        _parse_in_child({**config, "save_steps": 7, "eval_steps": 5, "load_best_model_at_end": True})

@@ -9,9 +9,12 @@ LLaMA-Factory's ``llama3`` template and the tokenizer's chat template.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,9 +150,30 @@ def test_run_sft_demo_then_checks_that_fail_fast(tmp_path):
     report = (repo / "runs" / "demo" / "report.md").read_text(encoding="utf-8")
     assert "best eval loss" in report and "training_loss.png" in report
 
+    # A dry run writes nothing, and the demo keeps a psy_seed built with more data (prep build data/seed data/feedback).
+    dataset = repo / "data" / "psy_seed_alpaca.json"
+    items = json.loads(dataset.read_text(encoding="utf-8"))
+    dataset.write_text(json.dumps(items + [{**items[0], "instruction": "审核后加入的问题"}], ensure_ascii=False), encoding="utf-8")
+    before = dataset.read_bytes(), (repo / "models" / "tiny-llama3" / "config.json").stat().st_mtime_ns
+    dry = sft("demo", "--dry-run")
+    assert dry.returncode == 0 and "all checks passed" in dry.stdout, dry.stderr[-1000:]
+    assert (dataset.read_bytes(), (repo / "models" / "tiny-llama3" / "config.json").stat().st_mtime_ns) == before
+
+    shutil.copytree(lora, repo / "runs" / "by hand" / "lora")  # llamafactory-cli train run by hand: no manifest
+    (repo / "my.yaml").write_text((repo / "factory_configs" / "demo_cpu_lora_sft.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    elsewhere = subprocess.run(["bash", str(repo / "run_sft.sh"), "--config", "my.yaml", "--output", "out", "--dry-run"],
+                               cwd=tmp_path, env=tool_env(), capture_output=True, text=True, timeout=600)
+    assert elsewhere.returncode == 2 and f"--config {tmp_path}/my.yaml: no such file" in elsewhere.stderr  # the caller's folder
+    (tmp_path / "my.yaml").write_bytes((repo / "my.yaml").read_bytes())
+    elsewhere = subprocess.run(["bash", str(repo / "run_sft.sh"), "--config", "my.yaml", "--output", "out", "--dry-run"],
+                               cwd=tmp_path, env=tool_env(), capture_output=True, text=True, timeout=600)
+    assert elsewhere.returncode == 0 and f"would train into {tmp_path}/out/lora" in elsewhere.stdout, elsewhere.stderr[-1000:]
+
     cpu_config = ["--config", "factory_configs/demo_cpu_lora_sft.yaml"]
     cases = [
         (cpu_config, "holds a finished run; pass --force"),
+        (["demo", "--output", "runs/demo"], "holds a finished run; pass --force"),  # a folder you name is not the demo's own
+        (cpu_config + ["--output", "runs/by hand"], "holds a finished run; pass --force"),
         (cpu_config + ["--dataset", "nope_alpaca"], "dataset 'nope_alpaca' is not in"),
         (cpu_config + ["--model", "/no/such/model", "--force"], "model folder '/no/such/model' not found"),
         (cpu_config + ["--output", "runs/fresh", "--resume"], "--resume: no checkpoint-*"),
@@ -174,20 +198,36 @@ def test_run_sft_resume_continues_from_the_last_checkpoint(tmp_path, tiny_model)
         derived_config("demo_cpu_lora_sft.yaml", repo / name, max_steps=steps, save_steps=10, eval_steps=10, logging_steps=5)
         return name
 
+    run = repo / "runs" / "r #1: 中文"  # YAML would read ' #' as a comment and ': ' as a mapping
+
     def sft(*args: str) -> subprocess.CompletedProcess:
-        result = subprocess.run(["bash", "run_sft.sh", *args, "--output", "runs/r", "--no-merge"], cwd=repo, env=tool_env(),
+        result = subprocess.run(["bash", "run_sft.sh", *args, "--output", "runs/r #1: 中文"], cwd=repo, env=tool_env(),
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         return result
 
     sft("--config", config("short.yaml", 20))
-    resumed = sft("--config", config("long.yaml", 30), "--resume")
-    assert "Resuming training from runs/r/lora/checkpoint-20" in resumed.stdout + resumed.stderr
-    state = json.loads((repo / "runs" / "r" / "lora" / "trainer_state.json").read_text(encoding="utf-8"))
+    assert (run / "merged" / "config.json").is_file() and (run / "merge_config.yaml").is_file()
+    resumed = sft("--config", config("long.yaml", 30), "--resume", "--no-merge")
+    assert "Resuming training from runs/r #1: 中文/lora/checkpoint-20" in resumed.stdout + resumed.stderr
+    assert f"python chat.py --model BASE_MODEL --adapter runs/r #1: 中文/lora" in resumed.stdout  # flags chat.py has
+    state = json.loads((run / "lora" / "trainer_state.json").read_text(encoding="utf-8"))
     assert state["global_step"] == 30
-    log = [json.loads(line) for line in (repo / "runs" / "r" / "lora" / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    log = [json.loads(line) for line in (run / "lora" / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [entry["current_steps"] for entry in log if "loss" in entry] == [5, 10, 15, 20, 25, 30]  # not restarted at step 1
-    assert not (repo / "runs" / "r" / "merged").exists()
+
+    # Ctrl-C during training: the manifest says interrupted (not 'running' for ever), exit 130.
+    job = subprocess.Popen(["bash", "run_sft.sh", "--config", config("stop.yaml", 400), "--output", "runs/stopped", "--no-merge"],
+                           cwd=repo, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = repo / "runs" / "stopped" / "lora" / "trainer_log.jsonl"
+    deadline = time.time() + 300
+    while not log.exists() and time.time() < deadline and job.poll() is None:
+        time.sleep(0.5)
+    os.killpg(job.pid, signal.SIGINT)
+    _, stderr = job.communicate(timeout=120)
+    manifest = json.loads((repo / "runs" / "stopped" / "run_manifest.json").read_text(encoding="utf-8"))
+    assert job.returncode == 130 and manifest["status"] == "interrupted (train)", (job.returncode, manifest["status"], stderr[-1500:])
+    assert "re-run with --resume" in stderr
 
 
 def test_terminal_session_survives_bad_saves_odd_input_and_keeps_stdout_json(merged_model, tmp_path):
