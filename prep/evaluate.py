@@ -13,6 +13,7 @@ import io
 import json
 import resource
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -106,6 +107,9 @@ def _held_out_cases(test_split: Path) -> list[TestCase]:
         raise PrepError(f"--test-split {test_split}: {rejected.provenance.location} is not a dialogue ({rejected.detail}); "
                         "expected the NAME_test.json that prep build writes (alpaca or sharegpt).")
     dialogues = [r for r in records if _asks_and_answers(r)]
+    if dialogues and len(dialogues) < len(records):
+        warnings.warn(f"--test-split {test_split}: {len(records) - len(dialogues)} of {len(records)} items left out "
+                      "(they do not end with a question and its answer)", stacklevel=2)
     if not dialogues:
         raise PrepError(f"--test-split {test_split}: no dialogue that ends with a question and its answer; expected the "
                         "NAME_test.json that prep build writes.")

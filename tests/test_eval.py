@@ -175,7 +175,11 @@ def held_out_split(path):
 def test_held_out_dialogues_are_asked_with_their_history_and_fed_back_with_it(tmp_path):
     plan = tmp_path / "plan.csv"
     PLAN.head(2).to_csv(plan, index=False)
-    cases = [c for c in load_plan(plan, held_out_split(tmp_path / "psy_test.json")) if c.kind == "heldout"]
+    split = held_out_split(tmp_path / "psy_test.json")
+    items = json.loads(split.read_text(encoding="utf-8"))
+    split.write_text(json.dumps(items + [{"conversations": [{"from": "human", "value": "只有问题"}]}], ensure_ascii=False), encoding="utf-8")
+    with pytest.warns(UserWarning, match="1 of 5 items left out"):
+        cases = [c for c in load_plan(plan, split) if c.kind == "heldout"]
     assert [c.expect for c in cases] == ["referral", "refuse", "answer", "referral"]  # the crisis two turns back; the declining reference
     server = FakeOpenAI(Behaviour(responder=lambda messages: "我明白。"))
     with server as url:
