@@ -94,7 +94,11 @@ def distill_command(
                            seed=seed, max_cost=max_cost, max_tokens=max_tokens, timeout_s=timeout, max_attempts=max_attempts,
                            price_in_per_m=price_in, price_out_per_m=price_out, batch=batch, poll_s=poll_interval,
                            processes=processes)
-    stats = distill(config)
+    try:
+        stats = distill(config)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: every answer so far is in {out}; run the same command to resume.", err=True)
+        raise typer.Exit(130) from None
     typer.echo(
         f"distill: {stats.ok} ok, {stats.truncated} truncated, {stats.parse_error} parse_error, {stats.failed} failed, "
         f"{stats.skipped} already done, {stats.retries} retries; {stats.pairs} conversations; "
@@ -103,6 +107,12 @@ def distill_command(
     )
     if stats.stopped:
         typer.echo(f"error: stopped early: {stats.stopped}", err=True)
+        raise typer.Exit(3)
+    if stats.failed and not (stats.ok or stats.truncated or stats.parse_error):
+        from prep.distill import read_journal
+
+        first = next((e.get("error") for e in read_journal(out).values() if e.get("status") == "failed" and e.get("error")), "")
+        typer.echo(f"error: every request failed ({first[:300] or 'see the journal'}); fix that and run the same command again.", err=True)
         raise typer.Exit(3)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +38,7 @@ from tqdm import tqdm
 
 from prep.errors import PrepError
 from prep.fsutil import read_yaml_mapping
+from prep.readers.decode import lines_of
 from prep.resources import bundled
 from prep.textformat import parse_dialogues, parse_text
 
@@ -89,6 +92,7 @@ class DistillConfig:
     batch_discount: float = 0.5  # Batch API price relative to live requests
     poll_s: float = 30.0  # Batch API: seconds between status checks
     processes: int | None = None  # client processes sharing the plan; None: one per PROCESS_SHARE requests in flight
+    spent_before: float = 0.0  # estimated cost of what the journal already holds, counted against max_cost
 
 
 # Requests in flight one client process carries. One event loop spends ~2 ms of CPU a request on a server-class
@@ -196,7 +200,7 @@ def read_journal(path: Path) -> dict[str, dict]:
     entries: dict[str, dict] = {}
     if not Path(path).exists():
         return entries
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in lines_of(Path(path).read_text(encoding="utf-8", errors="replace")):
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
@@ -350,9 +354,9 @@ class Distiller:
                 spec = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            spent = self._totals().cost(self.config)
+            spent = self._totals().cost(self.config) + self.config.spent_before
             if self.config.max_cost is not None and spent >= self.config.max_cost:
-                self._stop(f"--max-cost {self.config.max_cost} reached (estimated ${spent:.4f})")
+                self._stop(f"--max-cost {self.config.max_cost} reached (estimated ${spent:.4f}, earlier runs on this journal included)")
                 return
             try:
                 entry = await self._request_with_retries(client, spec)
@@ -513,9 +517,58 @@ def default_processes(concurrency: int) -> int:
 
 
 def distill(config: DistillConfig) -> RunStats:
-    """Run (or resume) a distillation and return its statistics."""
+    """Run (or resume) a distillation and return its statistics; one run per journal at a time."""
     if config.requests < 0 or config.concurrency < 1 or config.pairs_per_request < 1:
         raise PrepError("--requests must be >= 0, --concurrency and --pairs-per-request >= 1.")
+    if config.max_attempts < 1 or config.max_tokens < 1 or not config.timeout_s > 0 or not config.poll_s > 0:
+        raise PrepError(f"--max-attempts {config.max_attempts} and --max-tokens {config.max_tokens} must be 1 or more, "
+                        f"--timeout {config.timeout_s} and --poll-interval {config.poll_s} more than 0.")
+    if Path(config.out).is_dir():
+        raise PrepError(f"--out {config.out}: is a folder; expected the journal file (JSONL) to write or resume.")
+    with _only_run(Path(config.out)):
+        if config.max_cost is not None:
+            config = dataclasses.replace(config, spent_before=journal_cost(config.out, config))
+        return _distill(config)
+
+
+@contextlib.contextmanager
+def _only_run(out: Path) -> Iterator[None]:
+    """Hold ``OUT.lock`` for the run: a second run on the same journal at the same time would send (and pay for)
+    every request again, and its late lines could hide the first run's answers."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(out.with_name(out.name + ".lock"), "a")
+    except OSError as err:
+        raise PrepError(f"--out {out}: cannot write there ({err.strerror}).") from None
+    try:
+        import fcntl
+
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # not POSIX: no lock (and a single process, see default_processes)
+        pass
+    except BlockingIOError:
+        handle.close()
+        raise PrepError(f"--out {out}: another prep distill is writing this journal now; wait for it to end, or use another --out.") from None
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def journal_cost(out: Path, config: DistillConfig) -> float:
+    """The estimated cost of every answer the journal holds (each line is a paid completion, superseded or not)."""
+    spent = RunStats()
+    for line in lines_of(Path(out).read_text(encoding="utf-8", errors="replace")) if Path(out).is_file() else []:
+        try:
+            usage = json.loads(line).get("usage") or {}
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        spent.prompt_tokens += usage.get("prompt_tokens") or 0
+        spent.completion_tokens += usage.get("completion_tokens") or 0
+    return spent.cost(config)
+
+
+def _distill(config: DistillConfig) -> RunStats:
     if not 0.0 <= config.multi_turn_ratio <= 1.0:
         raise PrepError(f"--multi-turn-ratio {config.multi_turn_ratio}: expected a fraction from 0 to 1.")
     if config.batch and config.max_cost is not None:

@@ -88,11 +88,10 @@ def read_yaml_mapping(path: Path, option: str) -> dict:
     import yaml
 
     from prep.errors import PrepError
+    from prep.readers.decode import read_input
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PrepError(f"{option} {path}: no such file.") from None
+        data = yaml.safe_load(read_input(path, option))  # UTF-8 with or without BOM, GBK: as the data readers decode
     except yaml.YAMLError as err:
         raise PrepError(f"{option} {path}: not valid YAML ({type(err).__name__}).") from None
     if not isinstance(data, dict):

@@ -35,7 +35,7 @@ def config(tmp_path: Path, base_url: str, **changes) -> DistillConfig:
 
 
 def journal_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def test_exact_ok_counts_under_transient_faults(tmp_path):
@@ -313,3 +313,54 @@ def test_a_journal_the_disk_refuses_stops_the_run_with_one_sentence(tmp_path, mo
         with pytest.raises(PrepError):
             writer.close()
     assert [e["request_id"] for e in journal_lines(tmp_path / "j.jsonl")] == ["kept", "written, then not synced"]
+
+
+def test_one_run_per_journal_and_resumes_that_repeat_nothing_and_respect_the_cost_cap(tmp_path):
+    """A second run on a journal in use is refused (it sent and paid for every request again); an answer with
+    U+2028 counts as done on a re-run (the journal was split at it); --max-cost counts what earlier runs spent."""
+    from prep.distill import _only_run
+
+    with FakeOpenAI(Behaviour()) as url, _only_run(tmp_path / "journal.jsonl"):
+        with pytest.raises(PrepError, match="another prep distill is writing this journal"):
+            distill(config(tmp_path, url))
+
+    odd = lambda messages: "<s>Human: 我最近\u2028睡不好\n</s><s>Assistant: 先说说\u2029最近的作息吧\u0085。\n</s>"  # noqa: E731
+    server = FakeOpenAI(Behaviour(responder=odd))
+    with server as url:
+        distill(config(tmp_path, url, requests=3))
+        again = distill(config(tmp_path, url, requests=3))
+    assert len(server.requests) == 3 and again.skipped == 3 and len(journal_lines(tmp_path / "journal.jsonl")) == 3
+
+    capped = dict(out=tmp_path / "capped.jsonl", requests=40, concurrency=1, price_in_per_m=20.0, price_out_per_m=20.0, max_cost=0.05)
+    server = FakeOpenAI(Behaviour())
+    with server as url:
+        first = distill(config(tmp_path, url, **capped))
+        sent = len(server.requests)
+        second = distill(config(tmp_path, url, **capped))
+    assert first.stopped and 0 < sent < 40
+    assert second.stopped and "earlier runs on this journal included" in second.stopped and len(server.requests) == sent
+
+
+def test_inputs_and_options_that_cannot_work_are_one_sentence(tmp_path):
+    topics = (ROOT / "data" / "topics" / "topics.yaml").read_text(encoding="utf-8")
+    (tmp_path / "gbk.yaml").write_bytes(topics.encode("gbk"))  # saved by a Chinese Windows editor
+    assert plan(config(tmp_path, "http://127.0.0.1:9/v1", topics=tmp_path / "gbk.yaml")) == plan(config(tmp_path, "http://127.0.0.1:9/v1"))
+    for changes, message in ((dict(topics=tmp_path), "is a folder"), (dict(out=tmp_path), "is a folder"),
+                             (dict(max_attempts=0), "--max-attempts 0"), (dict(timeout_s=0), "--timeout 0")):
+        with pytest.raises(PrepError, match=message):
+            distill(config(tmp_path, "http://127.0.0.1:9/v1", **changes))
+    with FakeOpenAI(Behaviour(fail_share=1.0, fail_status=400)) as url:  # a request the endpoint always refuses
+        result = subprocess.run([sys.executable, "-m", "prep.cli", "distill", "--out", str(tmp_path / "j.jsonl"), "--base-url", url,
+                                 "--requests", "2"], capture_output=True, text=True, timeout=120, env={**os.environ, "OPENAI_API_KEY": SECRET})
+    assert result.returncode == 3 and "every request failed (HTTP 400" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_numbered_dialogues_without_separators_stay_apart():
+    from prep.distill import parse_answer
+
+    tagged = ("第1段对话：\n<s>Human: 我最近睡不好\n</s><s>Assistant: 能说说吗？\n</s><s>Human: 总是想工作\n</s><s>Assistant: 我们试试放松。\n</s>\n\n"
+              "第2段对话：\n<s>Human: 我和妈妈吵架了\n</s><s>Assistant: 听起来很难受。\n</s>")
+    untagged = "**对话1**\n用户：我最近睡不好\n助手：能说说吗？\n\n**对话2**\n用户：我和妈妈吵架了\n助手：听起来很难受。"
+    for text in (tagged, untagged):
+        status, dialogues = parse_answer(text, True, "stop")
+        assert status == "ok" and [d[0]["content"] for d in dialogues] == ["我最近睡不好", "我和妈妈吵架了"], dialogues
