@@ -26,6 +26,7 @@ import random
 import re
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -189,10 +190,19 @@ def plan(config: DistillConfig) -> list[RequestSpec]:
 
 def pending_specs(config: DistillConfig) -> tuple[list[RequestSpec], int]:
     """The planned requests the journal does not hold an answer for, and how many it does."""
+    from prep.distill_batch import read_state, state_path
+
     specs = plan(config)
     done = {rid for rid, entry in read_journal(config.out).items() if entry.get("status") in DONE_STATUSES}
-    pending = [spec for spec in specs if spec.request_id not in done]
-    return pending, len(specs) - len(pending)
+    # Requests in a batch not yet collected are paid for already: a live run leaves them to --batch.
+    in_batch = {rid for upload in read_state(state_path(config.out)).values() if "joined" not in upload
+                for rid in upload.get("request_ids", [])} - done
+    held = [spec for spec in specs if spec.request_id in in_batch]
+    if held:
+        warnings.warn(f"{len(held)} requests of the plan wait in a batch not yet collected; a live run leaves them out "
+                      "(collect them with the same command and --batch)", stacklevel=2)
+    pending = [spec for spec in specs if spec.request_id not in done and spec.request_id not in in_batch]
+    return pending, len(specs) - len(pending) - len(held)
 
 
 def read_journal(path: Path) -> dict[str, dict]:

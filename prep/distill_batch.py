@@ -30,6 +30,7 @@ from prep.distill import (
 )
 from prep.errors import PrepError
 from prep.fsutil import atomic_write_bytes
+from prep.readers.decode import lines_of
 
 ENDPOINT = "/v1/chat/completions"
 MAX_REQUESTS_PER_BATCH = 50_000  # OpenAI's limit per batch input file
@@ -45,7 +46,7 @@ def read_state(path: Path) -> dict[str, dict]:
     uploads: dict[str, dict] = {}
     if not path.exists():
         return uploads
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in lines_of(path.read_text(encoding="utf-8")):
         try:
             event = json.loads(line)
         except json.JSONDecodeError:
@@ -105,6 +106,11 @@ class BatchDistiller:
         uploads = read_state(self.state_file)
         open_uploads = {fid: up for fid, up in uploads.items() if "joined" not in up}
         in_flight = {rid for up in open_uploads.values() for rid in up["request_ids"]}
+        foreign = next((up for up in open_uploads.values() if not set(up["request_ids"]) <= specs.keys()), None)
+        if foreign is not None:  # joining it now would drop the answers it was paid for
+            raise PrepError(f"{self.state_file}: batch {foreign.get('batch_id') or foreign['input_file_id']} was submitted for "
+                            "another plan (--model, --temperature, template, topics or counts have changed since); run the "
+                            "command it was submitted with to collect it first.")
         pending = [spec for rid, spec in specs.items() if rid not in done and rid not in in_flight]
         self.stats.skipped = len(done & specs.keys())
         start = time.perf_counter()
@@ -169,7 +175,7 @@ class BatchDistiller:
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 content = await self._call("downloading batch results", client.files.content(file_id))
-                lines += [json.loads(line) for line in content.text.splitlines() if line.strip()]
+                lines += [json.loads(line) for line in lines_of(content.text) if line.strip()]  # (U+2028 in an answer)
         answered = set()
         for line in lines:
             spec = specs.get(line.get("custom_id"))

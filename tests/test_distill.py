@@ -260,6 +260,14 @@ def test_batch_api_resume_after_sigkill_polls_the_same_batch(tmp_path):
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
         assert len(fake.batches) == 1 and not read_journal(journal)
+        # A live run leaves the requests the open batch holds (they are paid for); a batch run with other flags
+        # refuses to join it (it would drop its answers).
+        live = subprocess.run([c for c in command if c not in ("--batch", "--poll-interval", "0.2")], env=tool_env(), cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert live.returncode == 0 and not fake.requests and "10 requests of the plan wait in a batch" in live.stderr, live.stderr
+        other = subprocess.run([c if c != "teacher-x" else "teacher-y" for c in command], env=tool_env(), cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+        assert other.returncode == 2 and "was submitted for another plan" in other.stderr and "Traceback" not in other.stderr
         result = subprocess.run(command, env=tool_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert len(fake.batches) == 1, "the resumed run submitted (and would pay for) a second batch"
