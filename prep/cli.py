@@ -108,7 +108,7 @@ def distill_command(
     if stats.stopped:
         typer.echo(f"error: stopped early: {stats.stopped}", err=True)
         raise typer.Exit(3)
-    if stats.failed and not (stats.ok or stats.truncated or stats.parse_error):
+    if stats.failed and not (stats.ok or stats.truncated or stats.parse_error or stats.skipped):
         from prep.distill import read_journal
 
         first = next((e.get("error") for e in read_journal(out).values() if e.get("status") == "failed" and e.get("error")), "")

@@ -195,7 +195,8 @@ def pending_specs(config: DistillConfig) -> tuple[list[RequestSpec], int]:
     specs = plan(config)
     done = {rid for rid, entry in read_journal(config.out).items() if entry.get("status") in DONE_STATUSES}
     # Requests in a batch not yet collected are paid for already: a live run leaves them to --batch.
-    in_batch = {rid for upload in read_state(state_path(config.out)).values() if "joined" not in upload
+    in_batch = {rid for upload in read_state(state_path(config.out)).values()
+                if "joined" not in upload and upload.get("batch_id")  # (an upload never submitted holds nothing)
                 for rid in upload.get("request_ids", [])} - done
     held = [spec for spec in specs if spec.request_id in in_batch]
     if held:

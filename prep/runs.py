@@ -112,7 +112,7 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool) -> None:
     if resume:
         if not any((run_dir / "lora").glob("checkpoint-*")):
             raise PrepError(f"--resume: no checkpoint-* in {run_dir / 'lora'} to continue from.")
-    elif not force and (manifest.get("status") == "finished" or _has_adapter(run_dir / "lora")):
+    elif not force and (manifest.get("status") == "finished" or (not manifest and _has_adapter(run_dir / "lora"))):
         raise PrepError(f"{run_dir} holds a finished run; pass --force to overwrite it, --resume to continue, or --output DIR.")
     elif not force and manifest.get("status") == "running":
         raise PrepError(f"{run_dir} holds a run that is still running, or was killed without a word (started "

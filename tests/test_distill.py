@@ -372,3 +372,15 @@ def test_numbered_dialogues_without_separators_stay_apart():
     for text in (tagged, untagged):
         status, dialogues = parse_answer(text, True, "stop")
         assert status == "ok" and [d[0]["content"] for d in dialogues] == ["我最近睡不好", "我和妈妈吵架了"], dialogues
+
+
+def test_an_upload_that_never_became_a_batch_holds_nothing_back(tmp_path):
+    """A batch run stopped between upload and submit (or by an endpoint without the Batch API) left an upload with
+    no batch id; live runs then skipped its requests for good."""
+    specs = plan(config(tmp_path, "http://127.0.0.1:9/v1", requests=4))
+    state = tmp_path / "journal.jsonl.batches.jsonl"
+    state.write_text(json.dumps({"input_file_id": "file-1", "request_ids": [s.request_id for s in specs]}) + "\n", encoding="utf-8")
+    server = FakeOpenAI(Behaviour())
+    with server as url:
+        stats = distill(config(tmp_path, url, requests=4))
+    assert stats.ok == 4 and len(server.requests) == 4
