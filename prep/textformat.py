@@ -166,20 +166,7 @@ def parse_dialogues(text: str) -> list[ParsedConversation]:
 
 
 def _dialogues(chunks: list[str]) -> list[ParsedConversation]:
-    return [parsed for chunk in chunks for part in _at_headings(chunk) if part.strip()
-            for parsed in parse_text(part, one_conversation=True)]
-
-
-def _at_headings(chunk: str) -> list[str]:
-    """A chunk cut before each numbered heading line (第2段对话：, **对话 3**) that follows some text: a teacher that
-    numbers its dialogues instead of separating them with ### would otherwise have two clients in one dialogue."""
-    parts, current = [], []
-    for line in chunk.split("\n"):
-        if _HEADING_LINE.fullmatch(line.strip()) and any(text.strip() for text in current):
-            parts.append("\n".join(current))
-            current = []
-        current.append(line)
-    return parts + ["\n".join(current)]
+    return [parsed for chunk in chunks if chunk.strip() for parsed in parse_text(chunk, one_conversation=True)]
 
 
 def as_dialogue_file(text: str) -> list[ParsedConversation] | None:

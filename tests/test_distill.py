@@ -363,17 +363,6 @@ def test_inputs_and_options_that_cannot_work_are_one_sentence(tmp_path):
     assert result.returncode == 3 and "every request failed (HTTP 400" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_numbered_dialogues_without_separators_stay_apart():
-    from prep.distill import parse_answer
-
-    tagged = ("第1段对话：\n<s>Human: 我最近睡不好\n</s><s>Assistant: 能说说吗？\n</s><s>Human: 总是想工作\n</s><s>Assistant: 我们试试放松。\n</s>\n\n"
-              "第2段对话：\n<s>Human: 我和妈妈吵架了\n</s><s>Assistant: 听起来很难受。\n</s>")
-    untagged = "**对话1**\n用户：我最近睡不好\n助手：能说说吗？\n\n**对话2**\n用户：我和妈妈吵架了\n助手：听起来很难受。"
-    for text in (tagged, untagged):
-        status, dialogues = parse_answer(text, True, "stop")
-        assert status == "ok" and [d[0]["content"] for d in dialogues] == ["我最近睡不好", "我和妈妈吵架了"], dialogues
-
-
 def test_an_upload_that_never_became_a_batch_holds_nothing_back(tmp_path):
     """A batch run stopped between upload and submit (or by an endpoint without the Batch API) left an upload with
     no batch id; live runs then skipped its requests for good."""
