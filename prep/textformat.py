@@ -166,7 +166,47 @@ def parse_dialogues(text: str) -> list[ParsedConversation]:
 
 
 def _dialogues(chunks: list[str]) -> list[ParsedConversation]:
-    return [parsed for chunk in chunks if chunk.strip() for parsed in parse_text(chunk, one_conversation=True)]
+    return [parsed for chunk in chunks if chunk.strip() for part in _numbered_dialogues(chunk)
+            for parsed in parse_text(part, one_conversation=True)]
+
+
+# A heading that numbers a whole dialogue (第2段对话：, **对话 3**, Dialogue 4:); 第2轮 numbers a turn and is not one.
+_DIALOGUE_HEADING = re.compile(
+    rf"[#*\s]*(?:第\s*({_NUMBER})\s*[组段个]\s*(?:心理咨询|咨询|模拟)?(?:对话|问答)"
+    rf"|(?:对话|dialogue|conversation)\s*#?\s*({_NUMBER}))\s*[:：]?[#*\s]*", re.IGNORECASE)
+_DIGITS = {c: n for n, c in enumerate("零一二三四五六七八九")}
+
+
+def _numeral(text: str) -> int | None:
+    """1-99 written with digits or Chinese numerals (二, 十, 十二, 二十三); None for anything else."""
+    if text.isdigit():
+        return int(text)
+    tens, ten, units = text.partition("十")
+    if not ten:
+        tens, units = "", text
+    if len(tens) > 1 or len(units) > 1 or not all(c in _DIGITS for c in tens + units) or not (ten or units):
+        return None
+    return (_DIGITS[tens] if tens else 1 if ten else 0) * 10 + (_DIGITS[units] if units else 0)
+
+
+def _numbered_dialogues(chunk: str) -> list[str]:
+    """A chunk that is a numbered series of dialogues without ``###`` between them (第1段对话： … 第2段对话： …), cut
+    into its dialogues; the chunk whole otherwise. Cut only when the headings number dialogues 1, 2, 3 … in order,
+    nothing but an intro line comes before the first, a role label follows each, and every piece parses as one
+    complete dialogue: a heading quoted inside an answer, a lone 对话 1： or 第1轮 (a turn) never cuts a dialogue."""
+    lines = chunk.split("\n")
+    found = [(n, _DIALOGUE_HEADING.fullmatch(line.strip())) for n, line in enumerate(lines) if line.strip()]
+    headings = [(n, _numeral(match.group(1) or match.group(2))) for n, match in found if match]
+    if len(headings) < 2 or [number for _, number in headings] != list(range(1, len(headings) + 1)):
+        return [chunk]
+    if _LABEL.search("\n".join(lines[:headings[0][0]])):
+        return [chunk]
+    starts = [n for n, _ in headings]
+    pieces = ["\n".join(lines[start + 1:end]) for start, end in zip(starts, starts[1:] + [len(lines)])]
+    if not all(_LABEL.match(_FENCE.sub("", piece).strip()) for piece in pieces):
+        return [chunk]
+    parsed = [parse_text(piece, one_conversation=True) for piece in pieces]
+    return pieces if all(len(p) == 1 and not p[0].error for p in parsed) else [chunk]
 
 
 def as_dialogue_file(text: str) -> list[ParsedConversation] | None:

@@ -89,3 +89,36 @@ def test_dialogues_separated_by_hash_lines_keep_their_turns_together():
     parsed = parse_dialogues(text)
     assert [[t.content for t in p.turns] for p in parsed] == [["我失恋了", "我在听。", "我好难过", "难过是正常的。"],
                                                               ["考试没考好", "愿意说说吗？"]]
+
+
+def test_numbered_dialogues_without_separators_are_cut_at_their_headings():
+    """A teacher that numbers its dialogues (第1段对话： … 第2段对话：) instead of separating them with ### had two
+    clients merged into one dialogue."""
+    tagged = ("好的，以下是两段对话：\n第1段对话：\n<s>Human: 我最近睡不好\n</s><s>Assistant: 能说说吗？\n</s><s>Human: 总是想工作\n</s>"
+              "<s>Assistant: 我们试试放松。\n</s>\n\n第二段对话：\n<s>Human: 我和妈妈吵架了\n</s><s>Assistant: 听起来很难受。\n</s>")
+    untagged = ("**对话1**\n用户：我最近睡不好\n助手：能说说吗？\n\n**对话2**\n用户：我和妈妈吵架了\n助手：听起来很难受。\n\n"
+                "以上是2组对话。")
+    for text in (tagged, untagged):
+        parsed = parse_dialogues(text)
+        assert [(p.error, p.turns[0].content, p.turns[-1].content) for p in parsed] == [
+            (None, "我最近睡不好", "我们试试放松。" if text is tagged else "能说说吗？"), (None, "我和妈妈吵架了", "听起来很难受。")]
+
+
+def test_headings_that_do_not_number_whole_dialogues_never_cut_one():
+    """The reverted first attempt cut single dialogues at 第1轮对话 (a turn), at a 对话 1： line quoted in an answer and
+    at Example 1:; a heading series out of order or one inside an open turn does not cut either."""
+    turns = "\n</s><s>Assistant: 嗯。\n</s><s>Human: "
+    texts = [
+        "第1轮对话：\n<s>Human: 我很累" + turns + "还是累\n</s><s>Assistant: 休息一下。\n</s>\n第2轮对话：\n<s>Human: 好点了"
+        + "\n</s><s>Assistant: 很好。\n</s>",
+        "<s>Human: 我不会开口" + turns + "怎么说？\n</s><s>Assistant: 可以这样练习：\n对话 1：\n你：妈妈，我想聊聊。\n"
+        "对话 2：\n你：我最近压力很大。\n</s>",
+        "Example 1:\nUser: I feel low\nAssistant: I'm here.\nExample 2:\nUser: still low\nAssistant: Tell me more.",
+        "对话2：\n<s>Human: 甲" + turns + "乙\n</s><s>Assistant: 丙\n</s>\n对话1：\n<s>Human: 丁\n</s><s>Assistant: 戊\n</s>",
+        "第1段对话：\n<s>Human: 我想练习\n</s><s>Assistant: 好的，比如：\n第2段对话：\n<s>Human: 你好\n</s><s>Assistant: 你好\n</s>",
+    ]
+    for text in texts:
+        parsed = parse_dialogues(text)
+        assert len(parsed) == 1, (text, parsed)
+    # The two-turn-heading dialogue is whole: every turn kept, in order.
+    assert [t.content for t in parse_dialogues(texts[0])[0].turns][::2] == ["我很累", "还是累", "好点了"]
