@@ -567,16 +567,19 @@ def _only_run(out: Path) -> Iterator[None]:
 
 
 def journal_cost(out: Path, config: DistillConfig) -> float:
-    """The estimated cost of every answer the journal holds (each line is a paid completion, superseded or not)."""
-    spent = RunStats()
+    """The estimated cost of every answer the journal holds (each line is a paid completion, superseded or not);
+    an answer collected from a batch (a line with ``batch_id``) at the batch price."""
+    spent = {False: RunStats(), True: RunStats()}
     for line in lines_of(Path(out).read_text(encoding="utf-8", errors="replace")) if Path(out).is_file() else []:
         try:
-            usage = json.loads(line).get("usage") or {}
+            entry = json.loads(line)
+            usage = entry.get("usage") or {}
         except (json.JSONDecodeError, AttributeError):
             continue
-        spent.prompt_tokens += usage.get("prompt_tokens") or 0
-        spent.completion_tokens += usage.get("completion_tokens") or 0
-    return spent.cost(config)
+        stats = spent[bool(entry.get("batch_id"))]
+        stats.prompt_tokens += usage.get("prompt_tokens") or 0
+        stats.completion_tokens += usage.get("completion_tokens") or 0
+    return sum(stats.cost(dataclasses.replace(config, batch=batched)) for batched, stats in spent.items())
 
 
 def _distill(config: DistillConfig) -> RunStats:

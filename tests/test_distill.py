@@ -373,3 +373,15 @@ def test_an_upload_that_never_became_a_batch_holds_nothing_back(tmp_path):
     with server as url:
         stats = distill(config(tmp_path, url, requests=4))
     assert stats.ok == 4 and len(server.requests) == 4
+
+
+def test_the_cost_cap_prices_answers_collected_from_a_batch_at_the_batch_price(tmp_path):
+    """Answers collected from a batch were counted at the live price against a later run's --max-cost."""
+    from prep.distill import journal_cost
+
+    usage = {"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000}
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text(json.dumps({"request_id": "a", "status": "ok", "usage": usage}) + "\n"
+                       + json.dumps({"request_id": "b", "status": "ok", "usage": usage, "batch_id": "batch_1"}) + "\n", encoding="utf-8")
+    prices = config(tmp_path, "http://127.0.0.1:9/v1", price_in_per_m=2.0, price_out_per_m=8.0, batch_discount=0.5)
+    assert journal_cost(journal, prices) == pytest.approx(10.0 + 5.0)
