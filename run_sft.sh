@@ -106,12 +106,27 @@ fi
 # LLaMA-Factory's parser logs to stdout: the run folder is the last line.
 RUN_DIR=$(prep run-check "${CHECK[@]}" --write --command "run_sft.sh ${ARGS[*]}" | tail -n 1) || exit 2
 (( RESUME )) || rm -rf "$RUN_DIR/lora" "$RUN_DIR/merged"
-STAGE=train
+STAGE=train CHILD=""
+# A stage runs in a process group of its own and the script waits for it: a signal to the script (Ctrl-C, or kill
+# PID) is handled at once, not when the stage ends, and is passed on to the whole stage (torchrun and its workers).
+run_stage() {
+  if command -v setsid >/dev/null; then setsid "$@" & else "$@" & fi
+  CHILD=$!
+  local rc=0
+  wait "$CHILD" || rc=$?
+  CHILD=""
+  return "$rc"
+}
+stop_stage() {
+  [[ -n "$CHILD" ]] || return 0
+  kill -TERM -- "-$CHILD" 2>/dev/null || kill -TERM "$CHILD" 2>/dev/null || true
+  wait "$CHILD" 2>/dev/null || true
+}
 # Ctrl-C or kill: the manifest says so (not 'running' for ever), and --resume continues from the last checkpoint.
-trap 'trap - INT TERM; prep run-finish "$RUN_DIR" --exit-code 130 --stage "$STAGE"; die 130 "interrupted during $STAGE; re-run with --resume to continue from the last checkpoint."' INT TERM
+trap 'trap - INT TERM; stop_stage; prep run-finish "$RUN_DIR" --exit-code 130 --stage "$STAGE"; die 130 "interrupted during $STAGE; re-run with --resume to continue from the last checkpoint."' INT TERM
 
 step "LoRA SFT: llamafactory-cli train $RUN_DIR/run_config.yaml"
-if ! llamafactory-cli train "$RUN_DIR/run_config.yaml"; then
+if ! run_stage llamafactory-cli train "$RUN_DIR/run_config.yaml"; then
   prep run-finish "$RUN_DIR" --exit-code 10 --stage train
   die 10 "training failed (see the output above); fix it and re-run with --resume to continue from the last checkpoint."
 fi
@@ -129,7 +144,7 @@ merge.update(model_name_or_path=train["model_name_or_path"], adapter_name_or_pat
 (run_dir / "merge_config.yaml").write_text(yaml.safe_dump(merge, allow_unicode=True, sort_keys=False), encoding="utf-8")
 PY
   step "Merging the adapter: llamafactory-cli export $RUN_DIR/merge_config.yaml (from $MERGE_CONFIG)"
-  if ! llamafactory-cli export "$RUN_DIR/merge_config.yaml"; then
+  if ! run_stage llamafactory-cli export "$RUN_DIR/merge_config.yaml"; then
     prep run-finish "$RUN_DIR" --exit-code 11 --stage merge
     die 11 "merge failed (see the output above)."
   fi

@@ -216,18 +216,25 @@ def test_run_sft_resume_continues_from_the_last_checkpoint(tmp_path, tiny_model)
     log = [json.loads(line) for line in (run / "lora" / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [entry["current_steps"] for entry in log if "loss" in entry] == [5, 10, 15, 20, 25, 30]  # not restarted at step 1
 
-    # Ctrl-C during training: the manifest says interrupted (not 'running' for ever), exit 130.
-    job = subprocess.Popen(["bash", "run_sft.sh", "--config", config("stop.yaml", 400), "--output", "runs/stopped", "--no-merge"],
-                           cwd=repo, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    log = repo / "runs" / "stopped" / "lora" / "trainer_log.jsonl"
-    deadline = time.time() + 300
-    while not log.exists() and time.time() < deadline and job.poll() is None:
-        time.sleep(0.5)
-    os.killpg(job.pid, signal.SIGINT)
-    _, stderr = job.communicate(timeout=120)
-    manifest = json.loads((repo / "runs" / "stopped" / "run_manifest.json").read_text(encoding="utf-8"))
-    assert job.returncode == 130 and manifest["status"] == "interrupted (train)", (job.returncode, manifest["status"], stderr[-1500:])
-    assert "re-run with --resume" in stderr
+    # Ctrl-C during training (SIGINT to the terminal's process group), and kill PID (SIGTERM to the script alone, which
+    # waited for training to end and then called the finished training interrupted): the training stops at once, the
+    # manifest says interrupted (not 'running' for ever), exit 130, nothing of the stage left running.
+    for name, stop in (("ctrl-c", lambda pid: os.killpg(pid, signal.SIGINT)), ("kill", lambda pid: os.kill(pid, signal.SIGTERM))):
+        job = subprocess.Popen(["bash", "run_sft.sh", "--config", config(f"{name}.yaml", 2000), "--output", f"runs/{name}", "--no-merge"],
+                               cwd=repo, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        log = repo / "runs" / name / "lora" / "trainer_log.jsonl"
+        deadline = time.time() + 300
+        while not log.exists() and time.time() < deadline and job.poll() is None:
+            time.sleep(0.5)
+        stop(job.pid)
+        _, stderr = job.communicate(timeout=120)
+        manifest = json.loads((repo / "runs" / name / "run_manifest.json").read_text(encoding="utf-8"))
+        assert job.returncode == 130 and manifest["status"] == "interrupted (train)", (name, job.returncode, manifest["status"], stderr[-1500:])
+        assert "re-run with --resume" in stderr
+        steps = [json.loads(line)["current_steps"] for line in log.read_text(encoding="utf-8").splitlines()]
+        assert max(steps) < 2000, name  # stopped, not run to the end
+        left = subprocess.run(["pgrep", "-f", f"runs/{name}/run_config.yaml"], capture_output=True, text=True)
+        assert not left.stdout.strip(), f"{name}: training still running as {left.stdout}"
 
 
 def test_terminal_session_survives_bad_saves_odd_input_and_keeps_stdout_json(merged_model, tmp_path):
