@@ -73,11 +73,12 @@ if [[ "$MODE" == demo ]]; then
   TINY=$(python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["model_name_or_path"])' "$CONFIG")
   [[ -f "$TINY/config.json" ]] || TO_BUILD+=("the tiny model in $TINY")
 fi
-if (( DRY )) && (( ${#TO_BUILD[@]} )); then  # a dry run writes nothing
-  echo "dry run: the run would first build ${TO_BUILD[*]}; the remaining checks need them (run without --dry-run)."
-  exit 0
+BUILT_FIRST=()  # a dry run writes nothing: it checks everything but what the run would build first
+if (( DRY )) && (( ${#TO_BUILD[@]} )); then
+  [[ -s "data/${DATA_NAME}_alpaca.json" ]] || BUILT_FIRST+=(--data-built-first "${DATA_NAME}_")
+  [[ "$MODE" != demo || -n "$MODEL" || -f "$TINY/config.json" ]] || BUILT_FIRST+=(--model-built-first)
 fi
-if [[ ! -s "data/${DATA_NAME}_alpaca.json" ]]; then
+if [[ ! -s "data/${DATA_NAME}_alpaca.json" ]] && (( ! DRY )); then
   step "Building datasets from data/seed (registry: ./dataset_info.json)"
   prep build data/seed --name "$DATA_NAME" || die 5 "prep build failed on data/seed."
 fi
@@ -86,7 +87,7 @@ if [[ "$MODE" == demo ]] && (( ! DRY )); then  # the demo's model, rebuilt by ev
   prep tiny-model "$TINY" --data data/seed --hidden-size 128 || die 2 "could not build the tiny model."
 fi
 
-CHECK=(--config "$CONFIG")
+CHECK=(--config "$CONFIG" "${BUILT_FIRST[@]}")
 [[ -n "$MODEL" ]] && CHECK+=(--model "$MODEL")
 [[ -n "$DATASET" ]] && CHECK+=(--dataset "$DATASET")
 [[ -n "$OUTPUT" ]] && CHECK+=(--output "$OUTPUT")
@@ -100,6 +101,10 @@ fi
 step "Checking the run (config, datasets, model, device, output folder)"
 if (( DRY )); then
   RUN_DIR=$(prep run-check "${CHECK[@]}" | tail -n 1) || exit 2
+  if (( ${#TO_BUILD[@]} )); then
+    printf -v BUILDS '%s and ' "${TO_BUILD[@]}"
+    echo "dry run: the run would first build ${BUILDS% and } (not checked: built by the run)."
+  fi
   echo "dry run: all checks passed; would train into $RUN_DIR/lora${GPUS:+ on GPUs $GPUS}$( (( MERGE )) && echo " and merge into $RUN_DIR/merged")."
   exit 0
 fi

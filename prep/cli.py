@@ -126,12 +126,14 @@ def run_check_command(
     force: Annotated[bool, typer.Option("--force", help="Overwrite a finished run.")] = False,
     write: Annotated[bool, typer.Option("--write/--no-write", help="Write run_config.yaml and the manifest.")] = False,
     command: Annotated[str, typer.Option("--command", help="The command line, recorded in the manifest.")] = "",
+    data_built_first: Annotated[Optional[str], typer.Option("--data-built-first", help="Leave out datasets whose names start with this (built before training).")] = None,
+    model_built_first: Annotated[bool, typer.Option("--model-built-first", help="Leave out the model check (built before training).")] = False,
 ) -> None:
     """Check a training run before it starts; print the run folder (and write its manifest with --write)."""
     from prep.runs import check_run, resolve, start_manifest
 
     resolved, run_dir = resolve(config, output, model, dataset, resume)
-    check_run(resolved, run_dir, resume, force)
+    check_run(resolved, run_dir, resume, force, data_built_first, model_built_first)
     if write:
         start_manifest(resolved, run_dir, command)
     else:

@@ -56,8 +56,12 @@ def _wants_gpu(config: dict) -> bool:
 REMOTE_DATASET_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 
 
-def check_datasets(config: dict) -> list[Path]:
-    """Every dataset named in the config is registered and its file is present and non-empty."""
+def check_datasets(config: dict, built_first: str | None = None) -> list[Path]:
+    """Every dataset named in the config is registered and its file is present and non-empty; names that start with
+    ``built_first`` (a dry run's datasets that the real run builds first) are not checked."""
+    names = [name.strip() for name in str(config.get("dataset", "")).split(",") if name.strip()]
+    if built_first and names and all(name.startswith(built_first) for name in names):
+        return []
     dataset_dir = Path(config.get("dataset_dir", "data"))
     registry_path = dataset_dir / "dataset_info.json"
     if not registry_path.is_file():
@@ -69,9 +73,8 @@ def check_datasets(config: dict) -> list[Path]:
     if not isinstance(registry, dict):
         raise PrepError(f"{registry_path}: expected a JSON object of dataset entries.")
     files = []
-    for name in str(config.get("dataset", "")).split(","):
-        name = name.strip()
-        if not name:
+    for name in names:
+        if built_first and name.startswith(built_first):
             continue
         if name not in registry:
             raise PrepError(f"dataset '{name}' is not in {registry_path}; run 'prep build ... --name {name.rsplit('_', 1)[0]}' or fix 'dataset'.")
@@ -87,13 +90,15 @@ def check_datasets(config: dict) -> list[Path]:
         if not parts and (not file.is_file() or file.stat().st_size <= 2):
             raise PrepError(f"dataset '{name}': {file} is missing or empty; run 'prep build' to write it.")
         files += parts or [file]
-    if not files:
+    if not names:
         raise PrepError("the config names no dataset; set 'dataset' or pass --dataset NAMES.")
     return files
 
 
-def check_run(config: dict, run_dir: Path, resume: bool, force: bool) -> None:
-    """Everything that would otherwise fail after the model has loaded, as one sentence each."""
+def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built_first: str | None = None,
+              model_built_first: bool = False) -> None:
+    """Everything that would otherwise fail after the model has loaded, as one sentence each. A dry run leaves out
+    what the real run builds before it trains: datasets named ``data_built_first*`` and the (demo's) model."""
     if _wants_gpu(config):
         import torch
 
@@ -102,12 +107,15 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool) -> None:
     model = str(config.get("model_name_or_path", ""))
     if not model:
         raise PrepError("the config has no model_name_or_path; pass --model PATH_OR_ID.")
-    if _looks_local(model):
+    if model_built_first:
+        pass
+    elif _looks_local(model):
         if not (Path(model).expanduser() / "config.json").is_file():
             raise PrepError(f"model folder '{model}' not found or has no config.json; pass --model with a local folder or a hub id.")
     elif os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(model):
         raise PrepError(f"model '{model}' is a hub id but HF_HUB_OFFLINE=1; download it first or pass --model with a local folder.")
-    check_datasets(config)
+    check_datasets(config, data_built_first)
+    _check_run_folder(run_dir)
     manifest = _read_manifest(run_dir)
     if resume:
         if not any((run_dir / "lora").glob("checkpoint-*")):
@@ -118,6 +126,17 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool) -> None:
         raise PrepError(f"{run_dir} holds a run that is still running, or was killed without a word (started "
                         f"{manifest.get('start')}); pass --force if it is not running any more, --resume to continue, or --output DIR.")
     _parse_with_llamafactory(config)
+
+
+def _check_run_folder(run_dir: Path) -> None:
+    """The run folder is a folder, or can be made in the nearest folder above it that exists."""
+    existing = Path(os.path.abspath(run_dir))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PrepError(f"run folder {run_dir}: {existing} is a file, not a folder; pass --output with another folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PrepError(f"run folder {run_dir}: cannot write in {existing}; pass --output with a folder you can write.")
 
 
 def _has_adapter(lora: Path) -> bool:
@@ -213,7 +232,10 @@ def _gpus() -> list[str]:
 
 def start_manifest(config: dict, run_dir: Path, command: str) -> Path:
     """Write the resolved config and a manifest with status 'running'."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PrepError(f"run folder {run_dir}: cannot be made ({err.strerror}); pass --output with another folder.") from None
     config_path = run_dir / "run_config.yaml"
     atomic_write_text(config_path, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     versions = {}

@@ -88,3 +88,36 @@ def test_the_config_check_in_a_child_process_reports_llamafactorys_sentence(tiny
     _parse_in_child(config)
     with pytest.raises(PrepError, match="LLaMA-Factory rejects the config: .*load_best_model_at_end"):
         _parse_in_child({**config, "save_steps": 7, "eval_steps": 5, "load_best_model_at_end": True})
+
+
+def test_a_dry_run_before_anything_is_built_still_checks_what_it_can_and_writes_nothing(tmp_path):
+    """In a fresh clone (no datasets, no demo model) --dry-run said 'would build' and exited 0 before any other check:
+    an output path under a file or a missing --model passed, and the real run then failed with a traceback."""
+    import shutil
+    import subprocess
+
+    from conftest import tool_env
+
+    repo = tmp_path / "repo"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, repo / name)
+    for generated in (repo / "data").glob("*.json*"):
+        generated.unlink()
+    before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
+    (tmp_path / "a file").write_text("x", encoding="utf-8")
+
+    def dry(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "run_sft.sh", *args, "--dry-run"], cwd=repo, env={**tool_env(), "HF_HUB_OFFLINE": "1"},
+                              capture_output=True, text=True, timeout=300)
+
+    ok = dry("demo")
+    assert ok.returncode == 0 and "would first build data/psy_seed_*.json" in ok.stdout and "all checks passed" in ok.stdout, ok.stderr[-800:]
+    cases = [(("demo", "--output", str(tmp_path / "a file" / "run")), "is a file, not a folder"),
+             (("--config", "factory_configs/demo_cpu_lora_sft.yaml", "--model", "/no/such/model"), "model folder '/no/such/model' not found"),
+             (("demo", "--dataset", "psy_seed_alpaca,nope_alpaca"), "dataset 'nope_alpaca' is not in")]
+    for args, message in cases:
+        result = dry(*args)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr[-800:])
+    assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before  # a dry run writes nothing
