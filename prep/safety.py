@@ -204,15 +204,14 @@ def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult
     scores = _scores(cleaned, model)
     # Without a classifier (switched off, or no labelled data found) the lexicon decides alone.
     floor = LEXICON_FLOOR if model is not None else 0.0
-    hits = [_lexicon_hits(text) for text in cleaned]
-    results = [_decide(text, score, floor, text_hits) for text, score, text_hits in zip(cleaned, scores, hits)]
+    results = [_decide(text, score, floor) for text, score in zip(cleaned, scores)]
     windows = []
-    for n, (text, score, found, text_hits) in enumerate(zip(cleaned, scores, results, hits)):
+    for n, (text, score, found) in enumerate(zip(cleaned, scores, results)):
         if not found.crisis:
             text_windows, of_pieces = _windows(text)
             # Pieces of a run-on only if it names a risk somewhere or the classifier gives it at least _WINDOW_GATE:
             # of the long messages found only by windows 99% pass, of ordinary synthetic questions (commas) 9%.
-            if not of_pieces or score >= _WINDOW_GATE or any(text_hits):
+            if not of_pieces or score >= _WINDOW_GATE or any(found.matches or _lexicon_hits(text)):
                 windows += [(n, window) for window in text_windows]
     for (n, window), window_score in zip(windows, _scores([window for _, window in windows], model)):
         part = _decide(window, window_score, floor)
@@ -298,13 +297,14 @@ def _lexicon_hits(cleaned: str) -> tuple[list[str], list[str]]:
     return self_harm, [m.group(0) for m in _HARM_OTHERS.finditer(cleaned)]
 
 
-def _decide(cleaned: str, score: float, floor: float, hits: tuple[list[str], list[str]] | None = None) -> CrisisResult:
+def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
     """Lexicon hits the classifier does not rule out (``score >= floor``) or the classifier's score alone
     (``score >= threshold``), then the discounts for news, professionals and past risk, unless the classifier
     is sure (``score >= DISCOUNT_CEILING``)."""
-    self_harm, harm_others = hits if hits is not None else _lexicon_hits(cleaned)
-    if score < floor:
+    if score < floor:  # the classifier rules the lexicon out: no need to run it (most windows of a long message)
         self_harm, harm_others = [], []
+    else:
+        self_harm, harm_others = _lexicon_hits(cleaned)
     # The classifier alone does not decide on a few characters (你好, 谢谢, 晚安 sit near farewells in its data).
     learned = score >= LEARNED_THRESHOLD and len(_NON_SPACE.sub("", cleaned)) >= LEARNED_MIN_CHARS
     if not self_harm and not harm_others and not learned:
