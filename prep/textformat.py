@@ -170,11 +170,14 @@ def _dialogues(chunks: list[str]) -> list[ParsedConversation]:
             for parsed in parse_text(part, one_conversation=True)]
 
 
-# A heading that numbers a whole dialogue (第2段对话：, **对话 3**, Dialogue 4:); 第2轮 numbers a turn and is not one.
+# A heading that numbers a whole dialogue, with or without a title: 第2段对话：, **对话 3**：, 【对话四】, ### 对话5：失眠的
+#大学生, Dialogue 6: Exam stress, Conversation 7 – Anxiety. 第2轮 numbers a turn and is not one.
 _DIALOGUE_HEADING = re.compile(
-    rf"[#*\s]*(?:第\s*({_NUMBER})\s*[组段个]\s*(?:心理咨询|咨询|模拟)?(?:对话|问答)"
-    rf"|(?:对话|dialogue|conversation)\s*#?\s*({_NUMBER}))\s*[:：]?[#*\s]*", re.IGNORECASE)
+    rf"[#*>_\s【\[]*(?:第\s*({_NUMBER})\s*[组段个]\s*(?:心理咨询|咨询|模拟)?(?:对话|问答)"
+    rf"|(?:模拟|心理咨询|咨询)?(?:对话|dialogue|conversation)\s*#?\s*({_NUMBER}))"
+    r"\s*[】\]]?[*_\s]*(?:[:：\-–—.、（(][^\n]{0,40})?", re.IGNORECASE)
 _DIGITS = {c: n for n, c in enumerate("零一二三四五六七八九")}
+_SETTING_LINES = 3  # lines between a heading and its first turn (背景：来访者是大一新生), left out like an intro
 
 
 def _numeral(text: str) -> int | None:
@@ -189,24 +192,44 @@ def _numeral(text: str) -> int | None:
     return (_DIGITS[tens] if tens else 1 if ten else 0) * 10 + (_DIGITS[units] if units else 0)
 
 
+def _heading_number(line: str) -> int | None:
+    """The number of a dialogue heading line; None for any other line (one holding a turn's label among them)."""
+    match = _DIALOGUE_HEADING.fullmatch(line.strip())
+    if not match or _LABEL.search(line):
+        return None
+    return _numeral(match.group(1) or match.group(2))
+
+
 def _numbered_dialogues(chunk: str) -> list[str]:
     """A chunk that is a numbered series of dialogues without ``###`` between them (第1段对话： … 第2段对话： …), cut
     into its dialogues; the chunk whole otherwise. Cut only when the headings number dialogues 1, 2, 3 … in order,
-    nothing but an intro line comes before the first, a role label follows each, and every piece parses as one
-    complete dialogue: a heading quoted inside an answer, a lone 对话 1： or 第1轮 (a turn) never cuts a dialogue."""
+    nothing but an intro (and a System: line, kept for every dialogue) comes before the first, a role label follows
+    each within a few setting lines, and no piece but the last is cut off (a heading inside an open tagged turn):
+    a heading quoted inside an answer, a lone 对话 1： or 第1轮 (a turn) never cuts a dialogue. The last dialogue may
+    be truncated (an answer that hit the length limit keeps the dialogues before it)."""
     lines = chunk.split("\n")
-    found = [(n, _DIALOGUE_HEADING.fullmatch(line.strip())) for n, line in enumerate(lines) if line.strip()]
-    headings = [(n, _numeral(match.group(1) or match.group(2))) for n, match in found if match]
+    headings = [(n, number) for n, line in enumerate(lines) if line.strip() and (number := _heading_number(line)) is not None]
     if len(headings) < 2 or [number for _, number in headings] != list(range(1, len(headings) + 1)):
         return [chunk]
-    if _LABEL.search("\n".join(lines[:headings[0][0]])):
+    intro = "\n".join(lines[:headings[0][0]])
+    if any(_ROLE_BY_LABEL[m.group(1).lower()] != "system" for m in _LABEL.finditer(intro)):
         return [chunk]
+    system = intro[next(_LABEL.finditer(intro)).start():].strip() + "\n" if _LABEL.search(intro) else ""
     starts = [n for n, _ in headings]
     pieces = ["\n".join(lines[start + 1:end]) for start, end in zip(starts, starts[1:] + [len(lines)])]
-    if not all(_LABEL.match(_FENCE.sub("", piece).strip()) for piece in pieces):
+    if not all(_opens_with_turn(piece) for piece in pieces):
         return [chunk]
     parsed = [parse_text(piece, one_conversation=True) for piece in pieces]
-    return pieces if all(len(p) == 1 and not p[0].error for p in parsed) else [chunk]
+    if any(len(found) != 1 or found[0].error == "truncated" for found in parsed[:-1]):
+        return [chunk]
+    return [system + piece for piece in pieces]
+
+
+def _opens_with_turn(piece: str) -> bool:
+    """A role label opens the piece, after at most a few setting lines that hold none."""
+    lines = [line for line in _FENCE.sub("", piece).strip().split("\n") if line.strip()]
+    first = next((n for n, line in enumerate(lines) if _LABEL.match(line.strip())), None)
+    return first is not None and first <= _SETTING_LINES and not _LABEL.search("\n".join(lines[:first]))
 
 
 def as_dialogue_file(text: str) -> list[ParsedConversation] | None:

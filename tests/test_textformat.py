@@ -122,3 +122,21 @@ def test_headings_that_do_not_number_whole_dialogues_never_cut_one():
         assert len(parsed) == 1, (text, parsed)
     # The two-turn-heading dialogue is whole: every turn kept, in order.
     assert [t.content for t in parse_dialogues(texts[0])[0].turns][::2] == ["我很累", "还是累", "好点了"]
+
+
+def test_numbered_dialogues_with_titles_settings_a_system_line_or_a_cut_off_last_one():
+    """Headings with a title or another markup (### 对话1：失眠的大学生, 【对话一】, Dialogue 1: Exam stress) were not
+    recognised, so two clients stayed in one dialogue and the heading ended inside an answer; an answer cut off by
+    the length limit lost every dialogue in it; a broken middle dialogue merged the others into it."""
+    for heading in ("### 对话{n}：失眠的大学生", "**对话{n}：考试焦虑**", "Conversation {n} – Anxiety", "Dialogue {n}: Exam stress",
+                    "对话 {n}（失眠）", "**对话 {n}**：", "【对话{n}】", "模拟对话{n}：", "对话{n}：亲子冲突"):
+        text = (heading.format(n=1) + "\n用户：我睡不着\n助手：能说说吗？\n\n" + heading.format(n=2)
+                + "\n背景：来访者是高三学生\n用户：我和妈妈吵架了\n助手：听起来很难受。")
+        assert [[t.content for t in p.turns] for p in parse_dialogues(text)] == [["我睡不着", "能说说吗？"], ["我和妈妈吵架了", "听起来很难受。"]], heading
+    with_system = "System: 你是一位温暖的心理咨询师\n对话1：\nHuman: 甲\nAssistant: 乙\n对话2：\nHuman: 丙\nAssistant: 丁"
+    assert [(p.system, len(p.turns)) for p in parse_dialogues(with_system)] == [("你是一位温暖的心理咨询师", 2)] * 2
+    cut_off = ("第1段对话：\n<s>Human: 我睡不着\n</s><s>Assistant: 能说说吗？\n</s>\n\n第2段对话：\n<s>Human: 我和妈妈吵架了\n</s>"
+               "<s>Assistant: 听起来很难受。\n</s>\n\n第3段对话：\n<s>Human: 我考试没考好\n</s><s>Assistant: 这让你很失")
+    assert [p.error for p in parse_dialogues(cut_off)] == [None, None, "truncated"]
+    broken = "对话1：\n用户：甲\n助手：乙\n用户：丙\n\n对话2：\n用户：丁\n助手：戊"
+    assert [(p.error, len(p.turns)) for p in parse_dialogues(broken)] == [("bad_roles", 3), (None, 2)]
