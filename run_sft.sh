@@ -75,7 +75,7 @@ if [[ "$MODE" == demo ]]; then
 fi
 BUILT_FIRST=()  # a dry run writes nothing: it checks everything but what the run would build first
 if (( DRY )) && (( ${#TO_BUILD[@]} )); then
-  [[ -s "data/${DATA_NAME}_alpaca.json" ]] || BUILT_FIRST+=(--data-built-first "${DATA_NAME}_")
+  [[ -s "data/${DATA_NAME}_alpaca.json" ]] || BUILT_FIRST+=(--data-built-first "$DATA_NAME")
   [[ "$MODE" != demo || -n "$MODEL" || -f "$TINY/config.json" ]] || BUILT_FIRST+=(--model-built-first)
 fi
 if [[ ! -s "data/${DATA_NAME}_alpaca.json" ]] && (( ! DRY )); then
@@ -87,7 +87,7 @@ if [[ "$MODE" == demo ]] && (( ! DRY )); then  # the demo's model, rebuilt by ev
   prep tiny-model "$TINY" --data data/seed --hidden-size 128 || die 2 "could not build the tiny model."
 fi
 
-CHECK=(--config "$CONFIG" "${BUILT_FIRST[@]}")
+CHECK=(--config "$CONFIG" ${BUILT_FIRST[@]+"${BUILT_FIRST[@]}"})  # (bash < 4.4: an empty array is unset)
 [[ -n "$MODEL" ]] && CHECK+=(--model "$MODEL")
 [[ -n "$DATASET" ]] && CHECK+=(--dataset "$DATASET")
 [[ -n "$OUTPUT" ]] && CHECK+=(--output "$OUTPUT")
@@ -109,13 +109,14 @@ if (( DRY )); then
   exit 0
 fi
 # LLaMA-Factory's parser logs to stdout: the run folder is the last line.
-RUN_DIR=$(prep run-check "${CHECK[@]}" --write --command "run_sft.sh ${ARGS[*]}" | tail -n 1) || exit 2
+RUN_DIR=$(prep run-check "${CHECK[@]}" --write --command "run_sft.sh ${ARGS[*]:-}" | tail -n 1) || exit 2
 (( RESUME )) || rm -rf "$RUN_DIR/lora" "$RUN_DIR/merged"
 STAGE=train CHILD=""
 # A stage runs in a process group of its own and the script waits for it: a signal to the script (Ctrl-C, or kill
 # PID) is handled at once, not when the stage ends, and is passed on to the whole stage (torchrun and its workers).
 run_stage() {
-  if command -v setsid >/dev/null; then setsid "$@" & else "$@" & fi
+  # (stdin stays the terminal: bash would give a background job /dev/null, and a prompt such as wandb login would fail)
+  if command -v setsid >/dev/null; then setsid "$@" <&0 & else "$@" <&0 & fi
   CHILD=$!
   local rc=0
   wait "$CHILD" || rc=$?
@@ -128,7 +129,9 @@ stop_stage() {
   wait "$CHILD" 2>/dev/null || true
 }
 # Ctrl-C or kill: the manifest says so (not 'running' for ever), and --resume continues from the last checkpoint.
-trap 'trap - INT TERM; stop_stage; prep run-finish "$RUN_DIR" --exit-code 130 --stage "$STAGE"; die 130 "interrupted during $STAGE; re-run with --resume to continue from the last checkpoint."' INT TERM
+# A closed terminal or dropped SSH session (HUP) and Ctrl-\ (QUIT) too: the stage is in a session of its own and
+# would not get them, training on with nobody to wait for it.
+trap 'trap - INT TERM HUP QUIT; stop_stage; prep run-finish "$RUN_DIR" --exit-code 130 --stage "$STAGE"; die 130 "interrupted during $STAGE; re-run with --resume to continue from the last checkpoint."' INT TERM HUP QUIT
 
 step "LoRA SFT: llamafactory-cli train $RUN_DIR/run_config.yaml"
 if ! run_stage llamafactory-cli train "$RUN_DIR/run_config.yaml"; then
@@ -154,7 +157,7 @@ PY
     die 11 "merge failed (see the output above)."
   fi
 fi
-trap - INT TERM
+trap - INT TERM HUP QUIT
 prep run-finish "$RUN_DIR" --exit-code 0
 
 step "Run report ($RUN_DIR/report.md)"

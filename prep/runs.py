@@ -23,6 +23,7 @@ import yaml
 from prep.errors import PrepError
 from prep.fsutil import atomic_write_json, atomic_write_text, read_yaml_mapping
 from prep.readers.decode import json_lines, read_input
+from prep.writers import registry_entries
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("llamafactory", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "psy-counsel-prep")
@@ -57,12 +58,17 @@ REMOTE_DATASET_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "
 
 
 def check_datasets(config: dict, built_first: str | None = None) -> list[Path]:
-    """Every dataset named in the config is registered and its file is present and non-empty; names that start with
-    ``built_first`` (a dry run's datasets that the real run builds first) are not checked."""
+    """Every dataset named in the config is registered and its file is present and non-empty. With ``built_first``
+    (a dry run before ``prep build ... --name NAME`` has run) the datasets that build registers in this folder's
+    registry are left out: NAME_alpaca, NAME_sharegpt and NAME_test, when the config reads the registry here."""
     names = [name.strip() for name in str(config.get("dataset", "")).split(",") if name.strip()]
-    if built_first and names and all(name.startswith(built_first) for name in names):
-        return []
+    if not names:
+        raise PrepError("the config names no dataset; set 'dataset' or pass --dataset NAMES.")
     dataset_dir = Path(config.get("dataset_dir", "data"))
+    if built_first and dataset_dir.resolve() == Path.cwd().resolve():
+        names = [name for name in names if name not in registry_entries(built_first)]
+        if not names:
+            return []
     registry_path = dataset_dir / "dataset_info.json"
     if not registry_path.is_file():
         raise PrepError(f"{registry_path}: no dataset registry; run 'prep build ... --name NAME' first.")
@@ -74,8 +80,6 @@ def check_datasets(config: dict, built_first: str | None = None) -> list[Path]:
         raise PrepError(f"{registry_path}: expected a JSON object of dataset entries.")
     files = []
     for name in names:
-        if built_first and name.startswith(built_first):
-            continue
         if name not in registry:
             raise PrepError(f"dataset '{name}' is not in {registry_path}; run 'prep build ... --name {name.rsplit('_', 1)[0]}' or fix 'dataset'.")
         entry = registry[name]
@@ -90,8 +94,6 @@ def check_datasets(config: dict, built_first: str | None = None) -> list[Path]:
         if not parts and (not file.is_file() or file.stat().st_size <= 2):
             raise PrepError(f"dataset '{name}': {file} is missing or empty; run 'prep build' to write it.")
         files += parts or [file]
-    if not names:
-        raise PrepError("the config names no dataset; set 'dataset' or pass --dataset NAMES.")
     return files
 
 
@@ -131,7 +133,7 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built
 def _check_run_folder(run_dir: Path) -> None:
     """The run folder is a folder, or can be made in the nearest folder above it that exists."""
     existing = Path(os.path.abspath(run_dir))
-    while not existing.exists() and existing != existing.parent:
+    while not os.path.exists(existing) and existing != existing.parent:  # (Path.exists raises in a folder we cannot enter)
         existing = existing.parent
     if not existing.is_dir():
         raise PrepError(f"run folder {run_dir}: {existing} is a file, not a folder; pass --output with another folder.")

@@ -216,10 +216,13 @@ def test_run_sft_resume_continues_from_the_last_checkpoint(tmp_path, tiny_model)
     log = [json.loads(line) for line in (run / "lora" / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [entry["current_steps"] for entry in log if "loss" in entry] == [5, 10, 15, 20, 25, 30]  # not restarted at step 1
 
-    # Ctrl-C during training (SIGINT to the terminal's process group), and kill PID (SIGTERM to the script alone, which
+    # Ctrl-C during training (SIGINT to the terminal's process group) and kill PID (SIGTERM to the script alone, which
     # waited for training to end and then called the finished training interrupted): the training stops at once, the
     # manifest says interrupted (not 'running' for ever), exit 130, nothing of the stage left running.
-    for name, stop in (("ctrl-c", lambda pid: os.killpg(pid, signal.SIGINT)), ("kill", lambda pid: os.kill(pid, signal.SIGTERM))):
+    # A hang-up (terminal closed, SSH dropped) too: the stage runs in a session of its own and would not get it.
+    stops = (("ctrl-c", lambda pid: os.killpg(pid, signal.SIGINT)), ("kill", lambda pid: os.kill(pid, signal.SIGTERM)),
+             ("hang-up", lambda pid: os.killpg(pid, signal.SIGHUP)))
+    for name, stop in stops:
         job = subprocess.Popen(["bash", "run_sft.sh", "--config", config(f"{name}.yaml", 2000), "--output", f"runs/{name}", "--no-merge"],
                                cwd=repo, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         log = repo / "runs" / name / "lora" / "trainer_log.jsonl"
