@@ -166,18 +166,26 @@ def parse_dialogues(text: str) -> list[ParsedConversation]:
 
 
 def _dialogues(chunks: list[str]) -> list[ParsedConversation]:
-    return [parsed for chunk in chunks if chunk.strip() for part in _numbered_dialogues(chunk)
-            for parsed in parse_text(part, one_conversation=True)]
+    found = []
+    for chunk in filter(str.strip, chunks):
+        pieces, system = _numbered_dialogues(chunk)
+        for parsed in (p for piece in pieces for p in parse_text(piece, one_conversation=True)):
+            parsed.system = parsed.system or system
+            found.append(parsed)
+    return found
 
 
 # A heading that numbers a whole dialogue, with or without a title: 第2段对话：, **对话 3**：, 【对话四】, ### 对话5：失眠的
-#大学生, Dialogue 6: Exam stress, Conversation 7 – Anxiety. 第2轮 numbers a turn and is not one.
+# 大学生, 对话6 亲子冲突, Dialogue 7: Exam stress, Conversation 8 – Anxiety. 第2轮 numbers a turn and is not one.
 _DIALOGUE_HEADING = re.compile(
-    rf"[#*>_\s【\[]*(?:第\s*({_NUMBER})\s*[组段个]\s*(?:心理咨询|咨询|模拟)?(?:对话|问答)"
-    rf"|(?:模拟|心理咨询|咨询)?(?:对话|dialogue|conversation)\s*#?\s*({_NUMBER}))"
-    r"\s*[】\]]?[*_\s]*(?:[:：\-–—.、（(][^\n]{0,40})?", re.IGNORECASE)
+    rf"[#*>_ \t【\[]*(?:第[ \t]*({_NUMBER})[ \t]*[组段个][ \t]*(?:心理咨询|咨询|模拟)?(?:对话|问答)"
+    rf"|(?:模拟|心理咨询|咨询)?(?:对话|dialogue|conversation)[ \t]*(?:#[ \t]*)?({_NUMBER}))"
+    r"[】\]*_ \t]*(?:[:：\-–—.、（( \t][^\n]*)?", re.IGNORECASE)
+_HEADING_MAX_CHARS = 80  # a title is a few words; a longer line is text (and the pattern never meets a huge line)
+# A role label anywhere in a heading line: the dialogue's first turn written on the heading's line.
+_INLINE_LABEL = re.compile(r"(?:\*\*|__)?(?:Human|User|Assistant|用户|助手)(?:\*\*|__)?[ \t]*[:：]", re.IGNORECASE)
+_RULE_LINE = re.compile(r"[ \t]*(?:[-*_][ \t]*){3,}")  # a Markdown horizontal rule (---) between dialogues
 _DIGITS = {c: n for n, c in enumerate("零一二三四五六七八九")}
-_SETTING_LINES = 3  # lines between a heading and its first turn (背景：来访者是大一新生), left out like an intro
 
 
 def _numeral(text: str) -> int | None:
@@ -192,54 +200,62 @@ def _numeral(text: str) -> int | None:
     return (_DIGITS[tens] if tens else 1 if ten else 0) * 10 + (_DIGITS[units] if units else 0)
 
 
-def _heading_number(line: str) -> int | None:
-    """The number of a dialogue heading line; None for any other line (one holding a turn's label among them)."""
-    match = _DIALOGUE_HEADING.fullmatch(line.strip())
-    if not match or _LABEL.search(line):
+def _heading(line: str) -> tuple[int, str] | None:
+    """The number of a dialogue heading line and what follows the heading on its line (a first turn, 对话1： 用户：…);
+    None for any other line."""
+    inline = _INLINE_LABEL.search(line)
+    head = line[:inline.start()] if inline else line
+    if len(head.strip()) > _HEADING_MAX_CHARS or _LABEL.match(head.strip()):
         return None
-    return _numeral(match.group(1) or match.group(2))
+    match = _DIALOGUE_HEADING.fullmatch(head.strip())
+    number = _numeral(match.group(1) or match.group(2)) if match else None
+    return None if number is None else (number, line[inline.start():] if inline else "")
 
 
-def _numbered_dialogues(chunk: str) -> list[str]:
+def _numbered_dialogues(chunk: str) -> tuple[list[str], str | None]:
     """A chunk that is a numbered series of dialogues without ``###`` between them (第1段对话： … 第2段对话： …), cut
-    into its dialogues; the chunk whole otherwise. Cut only when the headings number dialogues 1, 2, 3 … in order,
-    nothing but an intro (and a System: line, kept for every dialogue) comes before the first, a role label follows
-    each within a few setting lines, and no piece but the last is cut off (a heading inside an open tagged turn):
-    a heading quoted inside an answer, a lone 对话 1： or 第1轮 (a turn) never cuts a dialogue. The last dialogue may
-    be truncated (an answer that hit the length limit keeps the dialogues before it)."""
+    into its dialogues, and a System: prompt written once before them; the chunk whole otherwise. Cut when headings
+    number dialogues 1, 2, 3 … in order and no turn comes before the first: a heading quoted inside an answer, a
+    lone 对话 1： or 第1轮 (a turn) never cuts a dialogue. Each piece is then judged alone: one cut off by the length
+    limit or broken is rejected, the others are kept (a merged text would put two clients in one dialogue and the
+    headings inside answers)."""
     lines = chunk.split("\n")
-    headings = [(n, number) for n, line in enumerate(lines) if line.strip() and (number := _heading_number(line)) is not None]
-    if len(headings) < 2 or [number for _, number in headings] != list(range(1, len(headings) + 1)):
-        return [chunk]
+    headings = [(n, found) for n, line in enumerate(lines) if line.strip() and (found := _heading(line))]
+    opening = len(headings) == 1 and not any(line.strip() for line in lines[:headings[0][0]])  # 对话2： opening a ### part
+    if not opening and (len(headings) < 2 or [number for _, (number, _) in headings] != list(range(1, len(headings) + 1))):
+        return [chunk], None
     intro = "\n".join(lines[:headings[0][0]])
     if any(_ROLE_BY_LABEL[m.group(1).lower()] != "system" for m in _LABEL.finditer(intro)):
-        return [chunk]
-    system = intro[next(_LABEL.finditer(intro)).start():].strip() + "\n" if _LABEL.search(intro) else ""
+        return [chunk], None
     starts = [n for n, _ in headings]
-    pieces = ["\n".join(lines[start + 1:end]) for start, end in zip(starts, starts[1:] + [len(lines)])]
-    if not all(_opens_with_turn(piece) for piece in pieces):
-        return [chunk]
-    parsed = [parse_text(piece, one_conversation=True) for piece in pieces]
-    if any(len(found) != 1 or found[0].error == "truncated" for found in parsed[:-1]):
-        return [chunk]
-    return [system + piece for piece in pieces]
+    pieces = ["\n".join([rest, *lines[start + 1:end]]) for (start, (_, rest)), end in zip(headings, starts[1:] + [len(lines)])]
+    return [_without_trailing_rules(piece) for piece in pieces], _intro_system(intro)
 
 
-def _opens_with_turn(piece: str) -> bool:
-    """A role label opens the piece, after at most a few setting lines that hold none."""
-    lines = [line for line in _FENCE.sub("", piece).strip().split("\n") if line.strip()]
-    first = next((n for n, line in enumerate(lines) if _LABEL.match(line.strip())), None)
-    return first is not None and first <= _SETTING_LINES and not _LABEL.search("\n".join(lines[:first]))
+def _without_trailing_rules(piece: str) -> str:
+    lines = piece.rstrip().split("\n")
+    while lines and (not lines[-1].strip() or _RULE_LINE.fullmatch(lines[-1])):
+        lines.pop()
+    return "\n".join(lines)
+
+
+def _intro_system(intro: str) -> str | None:
+    """The System: prompt in the text before the first heading: its first paragraph, without a closing rule."""
+    segments = [seg for seg in _segments(intro) if seg.role == "system"]
+    if not segments:
+        return None
+    return _without_trailing_rules(segments[-1].content.split("\n\n")[0]).strip() or None
 
 
 def as_dialogue_file(text: str) -> list[ParsedConversation] | None:
     """The dialogues of a text that is clearly ``###``-separated dialogues: every part between separators opens
-    with a role label and parses whole. None otherwise (a ``###`` used as a divider inside an answer), so the
+    with a role label (or a dialogue heading) and parses whole. None otherwise (a ``###`` used as a divider inside an answer), so the
     caller reads the text pair by pair instead."""
     chunks = DIALOGUE_SEPARATOR.split(text)
     if len(chunks) == 1:
         return None
-    if not all(_LABEL.match(opening) for opening in (_FENCE.sub("", chunk).strip() for chunk in chunks) if opening):
+    openings = [_FENCE.sub("", chunk).strip() for chunk in chunks]
+    if not all(_LABEL.match(opening) or _heading(opening.split("\n", 1)[0]) for opening in openings if opening):
         return None
     dialogues = _dialogues(chunks)
     return dialogues if all(not d.error for d in dialogues) else None

@@ -106,7 +106,7 @@ def test_numbered_dialogues_without_separators_are_cut_at_their_headings():
 
 def test_headings_that_do_not_number_whole_dialogues_never_cut_one():
     """The reverted first attempt cut single dialogues at 第1轮对话 (a turn), at a 对话 1： line quoted in an answer and
-    at Example 1:; a heading series out of order or one inside an open turn does not cut either."""
+    at Example 1:; a heading series out of order does not cut either."""
     turns = "\n</s><s>Assistant: 嗯。\n</s><s>Human: "
     texts = [
         "第1轮对话：\n<s>Human: 我很累" + turns + "还是累\n</s><s>Assistant: 休息一下。\n</s>\n第2轮对话：\n<s>Human: 好点了"
@@ -115,7 +115,6 @@ def test_headings_that_do_not_number_whole_dialogues_never_cut_one():
         "对话 2：\n你：我最近压力很大。\n</s>",
         "Example 1:\nUser: I feel low\nAssistant: I'm here.\nExample 2:\nUser: still low\nAssistant: Tell me more.",
         "对话2：\n<s>Human: 甲" + turns + "乙\n</s><s>Assistant: 丙\n</s>\n对话1：\n<s>Human: 丁\n</s><s>Assistant: 戊\n</s>",
-        "第1段对话：\n<s>Human: 我想练习\n</s><s>Assistant: 好的，比如：\n第2段对话：\n<s>Human: 你好\n</s><s>Assistant: 你好\n</s>",
     ]
     for text in texts:
         parsed = parse_dialogues(text)
@@ -140,3 +139,36 @@ def test_numbered_dialogues_with_titles_settings_a_system_line_or_a_cut_off_last
     assert [p.error for p in parse_dialogues(cut_off)] == [None, None, "truncated"]
     broken = "对话1：\n用户：甲\n助手：乙\n用户：丙\n\n对话2：\n用户：丁\n助手：戊"
     assert [(p.error, len(p.turns)) for p in parse_dialogues(broken)] == [("bad_roles", 3), (None, 2)]
+
+
+def test_numbered_dialogues_the_second_review_found_merged():
+    """An answer cut off right after its last heading, a forgotten </s>, long setting blocks and long titles merged
+    every dialogue into one (headings inside the answers); a --- line before each heading stayed in the answers; the
+    first turn written on the heading's line was lost; a System: line took the intro in; a ### part opening with its
+    heading made prep build read the whole file pair by pair; a line of spaces after 对话1 took seconds."""
+    import time
+
+    from prep.textformat import as_dialogue_file
+
+    answers = lambda parsed: [[t.content for t in p.turns] for p in parsed if not p.error]  # noqa: E731
+    two = [["我睡不着", "能说说吗？"], ["我和妈妈吵架了", "听起来很难受。"]]
+    cut_after_heading = "好的，以下是3段对话：\n\n### 对话1：考试焦虑\n用户：我睡不着\n助手：能说说吗？\n\n### 对话2：室友矛盾\n用户：我和妈妈吵架了\n助手：听起来很难受。\n\n### 对话3：失眠\n"
+    assert answers(parse_dialogues(cut_after_heading)) == two
+    forgot_close = "第1段对话：\n<s>Human: 我想练习\n</s><s>Assistant: 好的，比如：\n第2段对话：\n<s>Human: 你好\n</s><s>Assistant: 你好\n</s>"
+    assert [p.error for p in parse_dialogues(forgot_close)] == ["truncated", None]
+    settings = "\n".join(f"**{k}**：略" for k in ("背景", "来访者情况", "主要困扰", "咨询目标"))
+    title = "Dialogue {n}: A college student struggling with exam anxiety before finals"
+    ruled = "**对话 {n}：人际关系**"
+    for heading, between in ((title, ""), ("对话{n}：", settings), (ruled, "")):
+        text = (heading.format(n=1) + f"\n{between}\n用户：我睡不着\n助手：能说说吗？\n\n---\n\n" + heading.format(n=2)
+                + f"\n{between}\n用户：我和妈妈吵架了\n助手：听起来很难受。\n\n---\n")
+        assert answers(parse_dialogues(text)) == two, heading
+    inline = "**对话1：** 用户：我睡不着\n助手：能说说吗？\n\n**对话2：** 用户：我和妈妈吵架了\n助手：听起来很难受。"
+    assert answers(parse_dialogues(inline)) == two
+    with_system = "System: 你是一位心理咨询师。\n\n以下是2段对话：\n对话1：\n背景：高三\n用户：我睡不着\n助手：能说说吗？\n对话2：\n用户：我和妈妈吵架了\n助手：听起来很难受。"
+    assert [p.system for p in parse_dialogues(with_system)] == ["你是一位心理咨询师。"] * 2
+    file_text = "对话1：\n<s>Human: 我睡不着\n</s><s>Assistant: 能说说吗？\n</s>\n###\n对话2：\n<s>Human: 我和妈妈吵架了\n</s><s>Assistant: 听起来很难受。\n</s>\n"
+    assert answers(as_dialogue_file(file_text) or []) == two
+    start = time.perf_counter()
+    parse_dialogues("对话1" + " " * 32_000 + "x\n用户：你好\n助手：你好")
+    assert time.perf_counter() - start < 1.0  # (it took 38 s: a pattern, not a timing target)
