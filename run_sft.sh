@@ -112,30 +112,42 @@ fi
 RUN_DIR=$(prep run-check "${CHECK[@]}" --write --command "run_sft.sh ${ARGS[*]:-}" | tail -n 1) || exit 2
 (( RESUME )) || rm -rf "$RUN_DIR/lora" "$RUN_DIR/merged"
 STAGE=train CHILD=""
-# A stage runs in a process group of its own and the script waits for it: a signal to the script (Ctrl-C, or kill
-# PID) is handled at once, not when the stage ends, and is passed on to the whole stage (torchrun and its workers).
+SIGNALS=(INT TERM HUP QUIT)
+# A stage runs in a process group of its own and the script waits for it: a signal to the script (Ctrl-C, kill PID,
+# a closed terminal or dropped SSH session, Ctrl-\) is handled at once, not when the stage ends, and is passed on to
+# the whole stage (torchrun and its workers). If the script itself is killed (kill -9), the stage gets TERM too.
 run_stage() {
+  local launch=()
+  if command -v setsid >/dev/null; then launch+=(setsid); fi
+  if setpriv --pdeathsig TERM true 2>/dev/null; then launch+=(setpriv --pdeathsig TERM); fi
   # (stdin stays the terminal: bash would give a background job /dev/null, and a prompt such as wandb login would fail)
-  if command -v setsid >/dev/null; then setsid "$@" <&0 & else "$@" <&0 & fi
+  ${launch[@]+"${launch[@]}"} "$@" <&0 &
   CHILD=$!
   local rc=0
   wait "$CHILD" || rc=$?
   CHILD=""
   return "$rc"
 }
-stop_stage() {
+stop_stage() {  # TERM to the stage's process group, KILL to what is left of it after STOP_GRACE seconds (default 30)
   [[ -n "$CHILD" ]] || return 0
   kill -TERM -- "-$CHILD" 2>/dev/null || kill -TERM "$CHILD" 2>/dev/null || true
+  sleep "${STOP_GRACE:-30}" </dev/null >/dev/null 2>&1 &  # (TERM is ignored here: it is stopped with KILL)
+  local timer=$!
+  wait -n 2>/dev/null || true  # the stage or the grace period, whichever ends first (bash >= 4.3)
+  if kill -0 "$timer" 2>/dev/null; then kill -KILL "$timer" 2>/dev/null; else kill -KILL -- "-$CHILD" 2>/dev/null || kill -KILL "$CHILD" 2>/dev/null; fi
   wait "$CHILD" 2>/dev/null || true
+  kill -KILL -- "-$CHILD" 2>/dev/null || true  # workers the stage's main process left behind
+}
+finish() {  # record the end of the run; signals are ignored meanwhile, so a second Ctrl-C cannot leave it 'running'
+  trap '' "${SIGNALS[@]}"
+  prep run-finish "$RUN_DIR" "$@"
 }
 # Ctrl-C or kill: the manifest says so (not 'running' for ever), and --resume continues from the last checkpoint.
-# A closed terminal or dropped SSH session (HUP) and Ctrl-\ (QUIT) too: the stage is in a session of its own and
-# would not get them, training on with nobody to wait for it.
-trap 'trap - INT TERM HUP QUIT; stop_stage; prep run-finish "$RUN_DIR" --exit-code 130 --stage "$STAGE"; die 130 "interrupted during $STAGE; re-run with --resume to continue from the last checkpoint."' INT TERM HUP QUIT
+trap 'trap "" "${SIGNALS[@]}"; stop_stage; finish --exit-code 130 --stage "$STAGE"; die 130 "interrupted during $STAGE; re-run with --resume to continue from the last checkpoint."' "${SIGNALS[@]}"
 
 step "LoRA SFT: llamafactory-cli train $RUN_DIR/run_config.yaml"
 if ! run_stage llamafactory-cli train "$RUN_DIR/run_config.yaml"; then
-  prep run-finish "$RUN_DIR" --exit-code 10 --stage train
+  finish --exit-code 10 --stage train
   die 10 "training failed (see the output above); fix it and re-run with --resume to continue from the last checkpoint."
 fi
 
@@ -143,7 +155,7 @@ if (( MERGE )); then
   STAGE=merge
   # A merge config of the run's own, not key=value overrides: LLaMA-Factory reads those as YAML (a '#' in a path
   # would start a comment).
-  python - "$MERGE_CONFIG" "$RUN_DIR" <<'PY' || die 11 "could not write $RUN_DIR/merge_config.yaml."
+  python - "$MERGE_CONFIG" "$RUN_DIR" <<'PY' || { finish --exit-code 11 --stage merge; die 11 "could not write $RUN_DIR/merge_config.yaml."; }
 import sys, yaml
 from pathlib import Path
 merge, run_dir = yaml.safe_load(open(sys.argv[1], encoding="utf-8")), Path(sys.argv[2])
@@ -153,12 +165,12 @@ merge.update(model_name_or_path=train["model_name_or_path"], adapter_name_or_pat
 PY
   step "Merging the adapter: llamafactory-cli export $RUN_DIR/merge_config.yaml (from $MERGE_CONFIG)"
   if ! run_stage llamafactory-cli export "$RUN_DIR/merge_config.yaml"; then
-    prep run-finish "$RUN_DIR" --exit-code 11 --stage merge
+    finish --exit-code 11 --stage merge
     die 11 "merge failed (see the output above)."
   fi
 fi
-trap - INT TERM HUP QUIT
-prep run-finish "$RUN_DIR" --exit-code 0
+finish --exit-code 0
+trap - "${SIGNALS[@]}"
 
 step "Run report ($RUN_DIR/report.md)"
 prep report-run "$RUN_DIR"

@@ -223,21 +223,51 @@ def test_run_sft_resume_continues_from_the_last_checkpoint(tmp_path, tiny_model)
     stops = (("ctrl-c", lambda pid: os.killpg(pid, signal.SIGINT)), ("kill", lambda pid: os.kill(pid, signal.SIGTERM)),
              ("hang-up", lambda pid: os.killpg(pid, signal.SIGHUP)))
     for name, stop in stops:
+        # As from a terminal: the signals at their defaults (a test run started with '&' or nohup inherits them
+        # ignored, and bash cannot trap a signal ignored on entry).
         job = subprocess.Popen(["bash", "run_sft.sh", "--config", config(f"{name}.yaml", 2000), "--output", f"runs/{name}", "--no-merge"],
-                               cwd=repo, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               cwd=repo, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=_terminal_signals)
         log = repo / "runs" / name / "lora" / "trainer_log.jsonl"
-        deadline = time.time() + 300
-        while not log.exists() and time.time() < deadline and job.poll() is None:
-            time.sleep(0.5)
-        stop(job.pid)
-        _, stderr = job.communicate(timeout=120)
+        try:
+            deadline = time.time() + 300
+            while not log.exists() and time.time() < deadline and job.poll() is None:
+                time.sleep(0.5)
+            stop(job.pid)
+            _, stderr = job.communicate(timeout=120)
+            left = subprocess.run(["pgrep", "-f", f"runs/{name}/run_config.yaml"], capture_output=True, text=True)
+            assert not left.stdout.strip(), f"{name}: training still running as {left.stdout}"
+        finally:  # a failure must not leave a training run behind to slow every later test
+            subprocess.run(["pkill", "-KILL", "-f", f"runs/{name}/run_config.yaml"], check=False)
+            job.kill()
         manifest = json.loads((repo / "runs" / name / "run_manifest.json").read_text(encoding="utf-8"))
         assert job.returncode == 130 and manifest["status"] == "interrupted (train)", (name, job.returncode, manifest["status"], stderr[-1500:])
         assert "re-run with --resume" in stderr
         steps = [json.loads(line)["current_steps"] for line in log.read_text(encoding="utf-8").splitlines()]
         assert max(steps) < 2000, name  # stopped, not run to the end
-        left = subprocess.run(["pgrep", "-f", f"runs/{name}/run_config.yaml"], capture_output=True, text=True)
-        assert not left.stdout.strip(), f"{name}: training still running as {left.stdout}"
+
+    # kill -9 of the script (an IDE's hard stop, timeout -k): nothing can be recorded, but the training must not go on
+    # alone, detached in a session of its own, with nobody to wait for it.
+    job = subprocess.Popen(["bash", "run_sft.sh", "--config", config("kill-9.yaml", 2000), "--output", "runs/kill-9", "--no-merge"],
+                           cwd=repo, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (repo / "runs" / "kill-9" / "lora" / "trainer_log.jsonl").exists() and time.time() < deadline and job.poll() is None:
+            time.sleep(0.5)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=30)
+        deadline = time.time() + 30
+        while subprocess.run(["pgrep", "-f", "runs/kill-9/run_config.yaml"], capture_output=True).stdout and time.time() < deadline:
+            time.sleep(0.5)
+        left = subprocess.run(["pgrep", "-af", "runs/kill-9/run_config.yaml"], capture_output=True, text=True)
+        assert not left.stdout.strip(), f"kill -9: training still running as {left.stdout}"
+    finally:
+        subprocess.run(["pkill", "-KILL", "-f", "runs/kill-9/run_config.yaml"], check=False)
+
+
+def _terminal_signals() -> None:
+    for number in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
 
 
 def test_terminal_session_survives_bad_saves_odd_input_and_keeps_stdout_json(merged_model, tmp_path):
