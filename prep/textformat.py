@@ -240,11 +240,13 @@ def _without_trailing_rules(piece: str) -> str:
 
 
 def _intro_system(intro: str) -> str | None:
-    """The System: prompt in the text before the first heading: its first paragraph, without a closing rule."""
+    """The System: prompt in the text before the first heading: up to its close tag, or without one its first line
+    (the intro, 以下是2段对话：, often follows on the next)."""
     segments = [seg for seg in _segments(intro) if seg.role == "system"]
     if not segments:
         return None
-    return _without_trailing_rules(segments[-1].content.split("\n\n")[0]).strip() or None
+    system = segments[-1].content if segments[-1].closed else segments[-1].content.split("\n")[0]
+    return _without_trailing_rules(system).strip() or None
 
 
 def as_dialogue_file(text: str) -> list[ParsedConversation] | None:

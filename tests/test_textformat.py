@@ -167,6 +167,9 @@ def test_numbered_dialogues_the_second_review_found_merged():
     assert answers(parse_dialogues(inline)) == two
     with_system = "System: 你是一位心理咨询师。\n\n以下是2段对话：\n对话1：\n背景：高三\n用户：我睡不着\n助手：能说说吗？\n对话2：\n用户：我和妈妈吵架了\n助手：听起来很难受。"
     assert [p.system for p in parse_dialogues(with_system)] == ["你是一位心理咨询师。"] * 2
+    assert {p.system for p in parse_dialogues(with_system.replace("\n\n以下", "\n以下"))} == {"你是一位心理咨询师。"}
+    tagged_system = "<s>System: 你是一位心理咨询师。\n请温和。\n</s>\n" + with_system.split("\n", 1)[1]
+    assert {p.system for p in parse_dialogues(tagged_system)} == {"你是一位心理咨询师。\n请温和。"}
     file_text = "对话1：\n<s>Human: 我睡不着\n</s><s>Assistant: 能说说吗？\n</s>\n###\n对话2：\n<s>Human: 我和妈妈吵架了\n</s><s>Assistant: 听起来很难受。\n</s>\n"
     assert answers(as_dialogue_file(file_text) or []) == two
     start = time.perf_counter()
