@@ -176,10 +176,14 @@ def _dialogues(chunks: list[str]) -> list[ParsedConversation]:
 
 
 # A heading that numbers a whole dialogue, with or without a title: 第2段对话：, **对话 3**：, 【对话四】, ### 对话5：失眠的
-# 大学生, 对话6 亲子冲突, Dialogue 7: Exam stress, Conversation 8 – Anxiety. 第2轮 numbers a turn and is not one.
+# 大学生, 对话6 亲子冲突, Dialogue 7: Exam stress, Conversation 8 – Anxiety, 🌱 对话9, 对话 (10), 对话 11/20, 第十二段：,
+# Dialogue Thirteen. 第2轮 numbers a turn and is not one; Example 1 may number examples inside one answer.
+_ENGLISH_NUMBERS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+                    "seventeen eighteen nineteen twenty").split()
+_HEADING_NUMBER = rf"[(（]?[ \t]*({_NUMBER}|{'|'.join(_ENGLISH_NUMBERS)})[ \t]*[)）]?(?:[ \t]*/[ \t]*\d+)?"
 _DIALOGUE_HEADING = re.compile(
-    rf"[#*>_ \t【\[]*(?:第[ \t]*({_NUMBER})[ \t]*[组段个][ \t]*(?:心理咨询|咨询|模拟)?(?:对话|问答)"
-    rf"|(?:模拟|心理咨询|咨询)?(?:对话|dialogue|conversation)[ \t]*(?:#[ \t]*)?({_NUMBER}))"
+    rf"(?:[^\w\n]|_)*(?:第[ \t]*({_NUMBER})[ \t]*(?:[组段个][ \t]*(?:心理咨询|咨询|模拟)?(?:对话|问答)|[组段](?=[^\w]|$))"
+    rf"|(?:模拟|心理咨询|咨询)?(?:对话|dialogue|conversation)[ \t]*(?:#[ \t]*)?{_HEADING_NUMBER}(?![\w]))"
     r"[】\]*_ \t]*(?:[:：\-–—.、（( \t][^\n]*)?", re.IGNORECASE)
 _HEADING_MAX_CHARS = 80  # a title is a few words; a longer line is text (and the pattern never meets a huge line)
 # A role label anywhere in a heading line: the dialogue's first turn written on the heading's line.
@@ -189,9 +193,12 @@ _DIGITS = {c: n for n, c in enumerate("零一二三四五六七八九")}
 
 
 def _numeral(text: str) -> int | None:
-    """1-99 written with digits or Chinese numerals (二, 十, 十二, 二十三); None for anything else."""
+    """1-99 written with digits, Chinese numerals (二, 十, 十二, 二十三) or English words up to twenty; None for
+    anything else."""
     if text.isdigit():
         return int(text)
+    if text.lower() in _ENGLISH_NUMBERS:
+        return _ENGLISH_NUMBERS.index(text.lower()) + 1
     tens, ten, units = text.partition("十")
     if not ten:
         tens, units = "", text
@@ -221,6 +228,10 @@ def _numbered_dialogues(chunk: str) -> tuple[list[str], str | None]:
     headings inside answers)."""
     lines = chunk.split("\n")
     headings = [(n, found) for n, line in enumerate(lines) if line.strip() and (found := _heading(line))]
+    # A list of the dialogues' titles before them (对话1：失眠 / 对话2：考试焦虑 …) counts 1, 2 … once already:
+    # the dialogues start at the last heading 1 (the list is then intro, which may hold no turn).
+    firsts = [index for index, (_, (number, _)) in enumerate(headings) if number == 1]
+    headings = headings[firsts[-1]:] if firsts else headings
     opening = len(headings) == 1 and not any(line.strip() for line in lines[:headings[0][0]])  # 对话2： opening a ### part
     if not opening and (len(headings) < 2 or [number for _, (number, _) in headings] != list(range(1, len(headings) + 1))):
         return [chunk], None

@@ -128,9 +128,12 @@ def test_numbered_dialogues_with_titles_settings_a_system_line_or_a_cut_off_last
     recognised, so two clients stayed in one dialogue and the heading ended inside an answer; an answer cut off by
     the length limit lost every dialogue in it; a broken middle dialogue merged the others into it."""
     for heading in ("### 对话{n}：失眠的大学生", "**对话{n}：考试焦虑**", "Conversation {n} – Anxiety", "Dialogue {n}: Exam stress",
-                    "对话 {n}（失眠）", "**对话 {n}**：", "【对话{n}】", "模拟对话{n}：", "对话{n}：亲子冲突"):
-        text = (heading.format(n=1) + "\n用户：我睡不着\n助手：能说说吗？\n\n" + heading.format(n=2)
-                + "\n背景：来访者是高三学生\n用户：我和妈妈吵架了\n助手：听起来很难受。")
+                    "对话 {n}（失眠）", "**对话 {n}**：", "【对话{n}】", "模拟对话{n}：", "对话{n}：亲子冲突",
+                    # the third review's: emoji, "n of 2", a number in brackets, 第n段 alone, English words
+                    "🌱 对话{n}", "📌**对话{n}：失眠**", "对话 {n}/2", "对话 {n} / 2：考试", "对话（{n}）", "## 第{n}段：", "第{n}组",
+                    "Dialogue {w}: Exam stress"):
+        first, second = (heading.format(n=n, w=word) for n, word in ((1, "One"), (2, "Two")))
+        text = first + "\n用户：我睡不着\n助手：能说说吗？\n\n" + second + "\n背景：来访者是高三学生\n用户：我和妈妈吵架了\n助手：听起来很难受。"
         assert [[t.content for t in p.turns] for p in parse_dialogues(text)] == [["我睡不着", "能说说吗？"], ["我和妈妈吵架了", "听起来很难受。"]], heading
     with_system = "System: 你是一位温暖的心理咨询师\n对话1：\nHuman: 甲\nAssistant: 乙\n对话2：\nHuman: 丙\nAssistant: 丁"
     assert [(p.system, len(p.turns)) for p in parse_dialogues(with_system)] == [("你是一位温暖的心理咨询师", 2)] * 2
@@ -139,6 +142,10 @@ def test_numbered_dialogues_with_titles_settings_a_system_line_or_a_cut_off_last
     assert [p.error for p in parse_dialogues(cut_off)] == [None, None, "truncated"]
     broken = "对话1：\n用户：甲\n助手：乙\n用户：丙\n\n对话2：\n用户：丁\n助手：戊"
     assert [(p.error, len(p.turns)) for p in parse_dialogues(broken)] == [("bad_roles", 3), (None, 2)]
+    # A list of the titles before the dialogues counts 1, 2 once already; the dialogues start at the last 对话1.
+    contents = "以下是2段对话：\n- 对话1：失眠\n- 对话2：亲子\n\n"
+    dialogues = "### 对话1：失眠\n用户：我睡不着\n助手：能说说吗？\n### 对话2：亲子\n用户：我和妈妈吵架了\n助手：听起来很难受。"
+    assert [[t.content for t in p.turns] for p in parse_dialogues(contents + dialogues)] == [["我睡不着", "能说说吗？"], ["我和妈妈吵架了", "听起来很难受。"]]
 
 
 def test_numbered_dialogues_the_second_review_found_merged():
