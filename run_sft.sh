@@ -120,6 +120,8 @@ run_stage() {
   local launch=()
   if command -v setsid >/dev/null; then launch+=(setsid); fi
   if setpriv --pdeathsig TERM true 2>/dev/null; then launch+=(setpriv --pdeathsig TERM); fi
+  # bash starts a background job with SIGINT and SIGQUIT ignored: give the stage them back (kill -INT of a trainer works)
+  if env --default-signal=INT,QUIT true 2>/dev/null; then launch+=(env --default-signal=INT,QUIT); fi
   # (stdin stays the terminal: bash would give a background job /dev/null, and a prompt such as wandb login would fail)
   ${launch[@]+"${launch[@]}"} "$@" <&0 &
   CHILD=$!

@@ -233,6 +233,9 @@ def test_run_sft_resume_continues_from_the_last_checkpoint(tmp_path, tiny_model)
             deadline = time.time() + 300
             while not log.exists() and time.time() < deadline and job.poll() is None:
                 time.sleep(0.5)
+            # The trainer does not inherit SIGINT ignored from bash's background job: kill -INT of it works by hand.
+            trainers = subprocess.run(["pgrep", "-f", f"runs/{name}/run_config.yaml"], capture_output=True, text=True).stdout.split()
+            assert trainers and not any(_ignores_sigint(pid) for pid in trainers), (name, trainers)
             stop(job.pid)
             _, stderr = job.communicate(timeout=120)
             left = subprocess.run(["pgrep", "-f", f"runs/{name}/run_config.yaml"], capture_output=True, text=True)
@@ -263,6 +266,15 @@ def test_run_sft_resume_continues_from_the_last_checkpoint(tmp_path, tiny_model)
         assert not left.stdout.strip(), f"kill -9: training still running as {left.stdout}"
     finally:
         subprocess.run(["pkill", "-KILL", "-f", "runs/kill-9/run_config.yaml"], check=False)
+
+
+def _ignores_sigint(pid: str) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # it ended meanwhile
+        return False
+    ignored = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
+    return bool(ignored & (1 << (signal.SIGINT - 1)))
 
 
 def _terminal_signals() -> None:
