@@ -83,7 +83,9 @@ _CONFOUNDERS = re.compile(
     r"|死磕|死机|死循环|死线|deadline|想死你|想死我了|笑不活了|自杀式|杀时间|杀毒|杀价|秒杀|杀青|杀了这个bug|跳楼价|跳楼甩卖|跳楼大甩卖|蹦极.{0,12}跳下去|跳伞|跳水|气得想杀人"
 )
 # Third-person news/fiction/research context: only discounted when the user says nothing about themself.
-_THIRD_PARTY = re.compile(r"新闻|报道|小说|电影|电视剧|剧情|角色|主角|剧本|游戏里|历史上|结局|情节|作者|书里|书中|自杀率|统计|论文|研究|辩论")
+_THIRD_PARTY = re.compile(r"新闻|报道|小说|电影|电视剧|剧情|角色|主角|剧本|游戏里|历史上|结局|情节|作者|书里|书中|自杀率|统计|论文|研究|辩论"
+                          r"|(?<![a-z])(?:news|novel|movie|film|story|character|protagonist|heroine|hero|book|series"
+                          r"|documentary|article|episode|plot)(?:'s|s)?(?![a-z])")
 _FIRST_PERSON = re.compile(r"我(?!们)|自己|\bI\b|\bmy\b|\bme\b", re.IGNORECASE)
 # "I had such thoughts, I am better now": past risk, recovered, nothing current.
 _PAST = re.compile(r"去年|以前|曾经|几年前|那时|那年|那段时间|过去|之前|大学时|小时候|当年|前几年")
@@ -92,6 +94,12 @@ _RECOVERED = re.compile(r"现在.{0,4}(?:好多了|挺好|很好|好了|不错|�
 _PROFESSIONAL = re.compile(r"研究生|综述|论文|统计|培训|志愿者|接线员|来电者|临床上|怎么区分|怎么回应|预防|复习|心理学|风险评估|期末"
                            r"|warning signs|prevention|guide for|research|psych|ideation|final exam", re.IGNORECASE)
 _SELF_STATEMENT = re.compile(r"我(?:真的|好|很|就|已经|现在)?(?:想|要|准备|打算)(?:去)?(?:死|自杀|轻生|结束)")
+# A professional's message asks or sets a task; a student's or statistician's own crisis (我做统计工作的，最近一直想割腕,
+# my final exam went badly and I want to die) does neither and is not discounted for the words 统计 / final exam.
+_ASKS = re.compile(r"怎么|怎样|如何|哪|什么|是否|吗|请问|写|整理|准备|[?？]|\b(?:how|what|which|should|is there|are there)\b", re.IGNORECASE)
+# A risk the speaker owns now: I / 我 before the risk words in the same clause (我现在自己也想自杀, I want to end my life),
+# not someone else's (朋友跟我说他想死) nor a past one (我以前是个自残的人).
+_OWNER = r"(?:我(?!们)|(?<![a-z])i(?![a-z]))([^，。,.!?！？；;\n他她]{0,12})"
 _CURRENT = re.compile(r"又|现在又|最近又|还是想|今天|此刻|现在就")
 
 # Means or places paired with preparation or finality ("药我已经攒了", "准备明天去海边，不回来了").
@@ -145,7 +153,7 @@ _SELF_HARM = _compile(_SELF_HARM_PATTERNS)
 _HARM_OTHERS = _compile(_HARM_OTHERS_PATTERNS)
 
 _REFERRAL = re.compile(
-    r"热线|12356|400-?161-?9995|(?<!\d)12[03](?!\d)|(?<!\d)110(?!\d)|心理医生|精神科|心理科|急诊|医院"
+    r"热线|12356|400-?161-?9995|心理医生|精神科|心理科|急诊|医院"
     r"|专业(?:的)?(?:心理)?(?:咨询|帮助|人员|人士|机构|支持|医生|治疗)|咨询师|危机干预",
 )
 # A phone number: digits with at most one separator between two of them (400-161-9995, 400 161 9995, 12356).
@@ -242,7 +250,7 @@ def _window_counts(cleaned: str, part: CrisisResult) -> bool:
     """A window's hit stands unless the whole message's context discounts it (哈哈开玩笑的 or 现在已经走出来了 two
     sentences away), and a hit of the classifier alone only when it is sure (the discount ceiling): each extra window
     is another chance for a pair of ordinary sentences to cross the threshold."""
-    if _discounted(cleaned, part.kind):
+    if _discounted(cleaned, part.kind, part.matches):
         return False
     return part.kind != "learned" or part.score >= DISCOUNT_CEILING
 
@@ -311,23 +319,38 @@ def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
         return CrisisResult(False, score=score)
     matches = self_harm + harm_others
     kind = "self_harm" if self_harm else "harm_others" if harm_others else "learned"
-    if score < DISCOUNT_CEILING and _discounted(cleaned, kind):
+    if score < DISCOUNT_CEILING and _discounted(cleaned, kind, matches):
         return CrisisResult(False, matches=matches, score=score)
     return CrisisResult(True, kind, matches, score)
 
 
-def _discounted(cleaned: str, kind: str) -> bool:
+def _owns_risk(cleaned: str, matches: list[str]) -> bool:
+    owned = (found for match in matches for found in re.finditer(_OWNER + re.escape(match), cleaned))
+    return any(not _PAST.search(found.group(1)) for found in owned)
+
+
+def _discounted(cleaned: str, kind: str, matches: list[str] = ()) -> bool:
     """Whether the message's context says it is no crisis: someone else's or a professional's story, a past
     and recovered risk, or (for harm to others alone) a joke."""
     return bool((_THIRD_PARTY.search(cleaned) and not _FIRST_PERSON.search(cleaned))
-                or (_PROFESSIONAL.search(cleaned) and not _SELF_STATEMENT.search(cleaned))
+                or (_PROFESSIONAL.search(cleaned) and _ASKS.search(cleaned) and not _SELF_STATEMENT.search(cleaned)
+                    and not _owns_risk(cleaned, matches))
                 or (_PAST.search(cleaned) and _RECOVERED.search(cleaned) and not _CURRENT.search(cleaned))
                 or (kind == "harm_others" and _JOKE.search(cleaned)))
 
 
+# Words that turn a mention of help into advice against it, in the same clause: 不用去医院, 别打什么热线，没用的,
+# 我不是咨询师; and after it: 找心理医生也没用.
+_AGAINST_BEFORE = re.compile(r"(?:不用|不必|没必要|(?:别|不要)(?!犹豫|害怕|怕|担心|一个人|独自|硬撑|扛|不好意思|觉得|拖|等)|不需要|用不着|何必|不是|没用|不想让你)[^，。,.!?！？；;\n]{0,8}$")
+_AGAINST_AFTER = re.compile(r"^[^，。,.!?！？；;\n]{0,4}(?:也|都|又)?(?:没用|没有用|没必要|不管用|帮不了|有什么用)")
+
+
 def refers_to_help(answer: str) -> bool:
-    """Whether an answer points the user to professional help or a hotline."""
-    return bool(_REFERRAL.search(answer or ""))
+    """Whether an answer points the user to professional help, a hotline or an emergency number, and does not
+    advise against it (不用去医院，也没必要找什么心理医生 names both and refers to neither)."""
+    answer = answer or ""
+    found = list(_REFERRAL.finditer(answer)) + list(_EMERGENCY.finditer(unicodedata.normalize("NFKC", answer)))
+    return any(not (_AGAINST_BEFORE.search(answer[:m.start()]) or _AGAINST_AFTER.search(answer[m.end():])) for m in found)
 
 
 def referral_text(hotlines: tuple[str, ...] = DEFAULT_HOTLINES) -> str:

@@ -72,6 +72,13 @@ def test_referral_detection():
     assert refers_to_help("请拨打全国心理援助热线 12356")
     assert refers_to_help("建议你尽快寻求专业的心理咨询")
     assert not refers_to_help("多喝热水，早点休息")
+    # Mentions that advise against help are not referrals (a review found all three kept for training, and counted
+    # by prep eval's crisis-referral rate); 120 as a count is not the emergency number.
+    for against in ("别想太多，不用去医院，也没必要找什么心理医生，睡一觉明天就好了。", "我不是咨询师，没法帮你。你自己想开点吧。",
+                    "你已经坚持了120天了，再坚持一下就好，别打什么热线，没用的。", "找心理医生也没用，靠自己吧。"):
+        assert not refers_to_help(against), against
+    for referral in ("别犹豫，马上打热线12356", "不要一个人扛着，去医院看看心理科吧", "有危险请马上打120", "如果不想打电话，也可以去医院"):
+        assert refers_to_help(referral), referral
 
 
 def test_pii_scrubbed_and_counted_but_hotline_kept():
@@ -117,3 +124,16 @@ def test_without_a_classifier_the_lexicon_decides_alone(monkeypatch):
     monkeypatch.setattr(prep.safety, "bundled_model", lambda prepare: None)
     assert detect_crisis("我今晚就去跳楼，谁也别拦我").crisis and detect_crisis("我想死").crisis
     assert not detect_crisis("累死了，今天加班到十点").crisis
+
+
+def test_a_students_or_professionals_own_crisis_is_not_discounted():
+    """研究生 / 统计 / 心理学 / final exam / research in a message discounted the user's own crisis as a professional
+    question (a review found each of these unflagged); a question a professional asks is still discounted."""
+    for own in ("我研究生毕业找不到工作，活着没意思", "我做统计工作的，最近一直想割腕", "my final exam went badly and I want to die",
+                "我是学心理学的，但我现在自己也想自杀", "我是一名志愿者接线员，但我自己现在也想结束生命",
+                "I study psychology but I have been cutting myself again", "My research is failing and I want to end my life"):
+        assert detect_crisis(own).crisis, own
+    for question in ("作为心理咨询师，怎么回应来访者说想自杀？", "我在写一篇关于青少年自杀预防的论文，有哪些参考文献？",
+                     "如果以后有朋友跟我说他想死 我应该怎么回应", "世界预防自杀日是哪一天", "心理学期末复习：自杀风险评估有哪些要点？",
+                     "The news said a student killed himself"):
+        assert not detect_crisis(question).crisis, question
