@@ -8,13 +8,14 @@
     python chat.py --web                 # Gradio page on http://127.0.0.1:7860
     python chat.py --compile             # GPU: static KV cache + CUDA graphs, compiled at start-up
 
-Commands in the interactive loop: /reset, /system TEXT, /save FILE, /exit.
+Commands in the interactive loop: /reset, /system TEXT (/system alone shows the current one), /save FILE, /exit.
 No conversation is written to disk unless you ask with /save.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 COMMANDS = ("/exit", "/quit", "/reset", "/system", "/save", "/help")
-HELP = "命令：/reset 清空对话，/system 文本 更换系统提示，/save 文件 保存对话，/exit 退出"
+HELP = "命令：/reset 清空对话，/system 查看系统提示，/system 文本 更换系统提示，/save 文件 保存对话，/exit 退出"
 
 
 def _note(text: str, as_json: bool) -> None:
@@ -93,28 +94,42 @@ def _command(session: ChatSession, line: str, as_json: bool, saved: set[Path]) -
     if name == "/reset":
         session.reset()
         _note("（对话已清空）", as_json)
+    elif name == "/system" and not arg:  # shows the prompt; replacing it (and clearing the talk) needs the text
+        _note(f"（当前系统提示：{session.system or '无'}）\n（更换请输入：/system 新的系统提示）", as_json)
     elif name == "/system":
-        session.system = arg or DEFAULT_SYSTEM_PROMPT
+        session.system = arg
         session.reset()
         _note("（系统提示已更新，对话已清空）", as_json)
     elif name == "/save" and arg:
-        _note(_save(session, Path(arg).expanduser(), saved), as_json)
+        _note(_save(session, arg, saved), as_json)
     else:
         _note(HELP, as_json)
     return True
 
 
-def _save(session: ChatSession, path: Path, saved: set[Path]) -> str:
-    """Write the conversation to ``path`` (owner-readable only: it is a counselling transcript); an existing file
-    is replaced only if this session wrote it. Returns what to tell the user."""
-    if path.exists() and path.resolve() not in saved:
-        return f"（{path} 已存在，没有覆盖；请换一个文件名）"
+def _save(session: ChatSession, arg: str, saved: set[Path]) -> str:
+    """Write the conversation to the file ``arg`` names (owner-readable only: it is a counselling transcript); an
+    existing file is replaced only if this session wrote it. Returns what to tell the user: it never raises."""
+    shown = arg.replace("\0", "\\0")  # as typed, a NUL made visible
     try:
-        atomic_write_json(path, {"system": session.system, "messages": session.history}, mode=0o600)
-    except OSError as err:
-        return f"（无法保存到 {path}：{err.strerror or err}）"
-    saved.add(path.resolve())
+        path = Path(arg).expanduser()
+        if path.exists() and path.resolve() not in saved:
+            return f"（{path} 已存在，没有覆盖；请换一个文件名）"
+        atomic_write_json(_under_folders(path), {"system": session.system, "messages": session.history}, mode=0o600)
+        saved.add(path.resolve())
+    except OSError as err:  # a name too long, no permission, a full disk, a file where a folder should be
+        return f"（无法保存到 {shown}：{err.strerror or err}）"
+    except (RuntimeError, ValueError):  # "~name" of no user on this machine; a NUL in the path
+        return f"（无法保存到 {shown}：{'路径里不能有空字符' if chr(0) in arg else '找不到这个用户的主目录'}）"
     return f"（对话已保存到 {path}）"
+
+
+def _under_folders(path: Path) -> Path:
+    """``path``, unless what exists above it is a file, not a folder (creating the folders would say "File exists")."""
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{above} 是文件，不是文件夹")
+    return path
 
 
 def interactive(session: ChatSession, as_json: bool) -> None:
@@ -128,6 +143,8 @@ def interactive(session: ChatSession, as_json: bool) -> None:
         try:
             line = _clean_input(input("用户：" if tty else ""))
         except EOFError:
+            if tty:  # Ctrl-D: the shell's prompt goes on a line of its own
+                print(flush=True)
             break
         if not line:
             continue
@@ -142,7 +159,10 @@ def interactive(session: ChatSession, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.system = clean_message(args.system)  # bytes that are not UTF-8 (a GBK terminal), as messages are cleaned
     try:
+        if args.prompt is not None and not _clean_input(args.prompt):
+            raise PrepError("--prompt is empty; give the message to send.")
         if args.adapter and not args.model:
             raise PrepError("--adapter needs --model with the base model folder it was trained on.")
         model_dir = args.model or latest_merged_model()
