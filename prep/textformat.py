@@ -267,11 +267,17 @@ def as_dialogue_file(text: str) -> list[ParsedConversation] | None:
     chunks = DIALOGUE_SEPARATOR.split(text)
     if len(chunks) == 1:
         return None
+    # The teacher's intro (好的，以下是3组对话：) before the first ### and an outro after the last: no label, no turn.
+    chunks = [chunk for n, chunk in enumerate(chunks) if n not in (0, len(chunks) - 1) or _LABEL.search(chunk) or _has_heading(chunk)]
     openings = [_FENCE.sub("", chunk).strip() for chunk in chunks]
     if not all(_LABEL.match(opening) or _heading(opening.split("\n", 1)[0]) for opening in openings if opening):
         return None
     dialogues = _dialogues(chunks)
     return dialogues if all(not d.error for d in dialogues) else None
+
+
+def _has_heading(chunk: str) -> bool:
+    return any(_heading(line) for line in chunk.split("\n") if line.strip())
 
 
 def _assemble(segments: list[_Segment], uses_tags: bool, system: str | None = None) -> ParsedConversation:

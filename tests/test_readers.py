@@ -173,6 +173,9 @@ def test_jsonl_lines_break_only_at_newlines_and_openai_content_parts_are_text(tm
         ("empty.csv", "", "the file is empty"),
         ("obj.json", '{"a": 1}', "expected an array of records"),
         ("notes.md", "hello", "unsupported file type"),
+        # an unquoted comma (tab) in the first row shifted every column: questions lost, answers trained as questions
+        ("shifted.csv", "question,answer,category\n我很焦虑,试试深呼吸, 每天练习,焦虑\n我失眠了,固定作息,失眠\n", "line 2 has more cells than the header"),
+        ("shifted.tsv", "question\tanswer\n我很焦虑\t试试\t深呼吸\n我失眠了\t固定作息\n", "line 2 has more cells than the header"),
     ],
 )
 def test_unreadable_files_raise_one_clear_sentence(tmp_path, name, content, expected):
@@ -210,3 +213,12 @@ def test_a_hash_divider_inside_an_answer_keeps_a_txt_file_pair_by_pair(tmp_path)
     records = conversations(path)
     assert [len(r.turns) for r in records] == [2, 2, 2]
     assert records[0].final_answer == "拖延常常和焦虑有关。\n###\n先定一个5分钟的小目标。"
+
+
+def test_an_intro_and_outro_around_hash_separated_dialogues_keep_them_whole(tmp_path):
+    """The teacher's one-line intro (好的，以下是2组对话：) before the first ### sent the file pair by pair: follow-up
+    questions became training pairs without their context."""
+    path = tmp_path / "dialogues.txt"
+    path.write_text("好的，以下是2组对话：\n###\nHuman: 我失恋了\nAssistant: 我在听。\nHuman: 她总管我穿什么。\nAssistant: 这让你很压抑。\n"
+                    "###\nHuman: 考试没考好\nAssistant: 愿意说说吗？\n###\n以上是2组对话，希望对你有帮助。\n", encoding="utf-8")
+    assert [len(r.turns) for r in conversations(path)] == [4, 2]

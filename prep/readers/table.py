@@ -50,6 +50,9 @@ def _load_frames(path: Path) -> list[tuple[str | None, pd.DataFrame]]:
         if frame is None:
             frame = pd.read_csv(io.StringIO(body), sep="\t" if suffix == ".tsv" else ",", dtype=str,
                                 keep_default_na=False, skip_blank_lines=False)
+        if not isinstance(frame.index, pd.RangeIndex):  # pandas took the first cells of every row as an index
+            raise PrepError(f"{path}: malformed {suffix[1:].upper()} (line {first_row} has more cells than the header; "
+                            f"expected every row to have as many; quote a cell that holds a {'tab' if suffix == '.tsv' else 'comma'}).")
         frame.attrs["first_row"] = first_row
         return [(None, frame)]
     except pd.errors.ParserError as err:
