@@ -536,10 +536,32 @@ def distill(config: DistillConfig) -> RunStats:
                         f"--timeout {config.timeout_s} and --poll-interval {config.poll_s} more than 0.")
     if Path(config.out).is_dir():
         raise PrepError(f"--out {config.out}: is a folder; expected the journal file (JSONL) to write or resume.")
+    _check_is_journal(Path(config.out))
     with _only_run(Path(config.out)):
         if config.max_cost is not None:
             config = dataclasses.replace(config, spent_before=journal_cost(config.out, config))
         return _distill(config)
+
+
+def _check_is_journal(out: Path) -> None:
+    """Refuse an --out that holds something other than a journal (a dataset given by mistake would have the run's
+    lines appended to it); an empty file or one torn first line (a crash in the first write) is a journal."""
+    try:
+        with out.open("rb") as file:
+            first = next((line for line in file if line.strip()), b"")
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise PrepError(f"--out {out}: cannot be read ({err.strerror or err}); expected the journal file (JSONL) to write or resume.") from None
+    if not first or not first.endswith(b"\n"):
+        return
+    try:
+        entry = json.loads(first)
+    except ValueError:
+        entry = None
+    if not (isinstance(entry, dict) and "request_id" in entry):
+        raise PrepError(f"--out {out}: holds something other than a prep distill journal (its first line is no journal "
+                        "entry); expected a new file or a journal to resume. Nothing was written to it.")
 
 
 @contextlib.contextmanager

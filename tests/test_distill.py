@@ -235,6 +235,10 @@ def test_batch_api_joins_answers_into_the_journal_and_retries_failed_lines(tmp_p
     assert first.cost(config(tmp_path, url, batch=True)) == pytest.approx(first.cost(config(tmp_path, url)) / 2)
     for path in tmp_path.rglob("*"):
         assert SECRET.encode() not in path.read_bytes(), path
+    # prep build of the folder reads the journal, not the uploaded requests and the batches' state kept beside it
+    from prep.readers import supported_files
+
+    assert len(list(tmp_path.glob("*.jsonl"))) >= 3 and [p.name for p in supported_files(tmp_path)] == ["journal.jsonl"]
 
 
 def test_batch_api_expired_lines_are_failed_and_a_live_run_finishes_them(tmp_path):
@@ -357,6 +361,12 @@ def test_inputs_and_options_that_cannot_work_are_one_sentence(tmp_path):
                              (dict(max_attempts=0), "--max-attempts 0"), (dict(timeout_s=0), "--timeout 0")):
         with pytest.raises(PrepError, match=message):
             distill(config(tmp_path, "http://127.0.0.1:9/v1", **changes))
+    # A dataset given as --out by mistake had the run's lines appended to it (and no longer loaded); it is refused untouched.
+    for name, content in (("data.json", '[{"instruction": "问", "output": "答"}]\n'), ("chats.jsonl", '{"messages": []}\n')):
+        (tmp_path / name).write_text(content, encoding="utf-8")
+        with pytest.raises(PrepError, match="holds something other than a prep distill journal"):
+            distill(config(tmp_path, "http://127.0.0.1:9/v1", out=tmp_path / name))
+        assert (tmp_path / name).read_text(encoding="utf-8") == content
     with FakeOpenAI(Behaviour(fail_share=1.0, fail_status=400)) as url:  # a request the endpoint always refuses
         result = subprocess.run([sys.executable, "-m", "prep.cli", "distill", "--out", str(tmp_path / "j.jsonl"), "--base-url", url,
                                  "--requests", "2"], capture_output=True, text=True, timeout=120, env={**os.environ, "OPENAI_API_KEY": SECRET})

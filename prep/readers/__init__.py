@@ -9,6 +9,7 @@ account for every row; a file that cannot be read at all raises
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,13 +31,19 @@ READERS = {
 }
 
 
+# What ``prep distill --batch`` keeps next to its journal (prep.distill_batch): the uploaded requests and the batches'
+# state. Not data: a folder of journals is read without them.
+DISTILL_SIDE_FILES = re.compile(r".+\.batch-input-[0-9a-f]+\.jsonl|.+\.batches\.jsonl")
+
+
 def supported_files(path: Path) -> list[Path]:
     """The input files behind ``path``: the file itself, or every supported file in a folder."""
     path = Path(path)
     if not path.exists():
         raise PrepError(f"{path}: no such file or folder.")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS
+                       and not DISTILL_SIDE_FILES.fullmatch(p.name))
         if not files:
             raise PrepError(f"{path}: folder holds no supported file (expected {', '.join(sorted(READERS))}).")
         return files
