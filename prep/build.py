@@ -133,8 +133,13 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
         raise AssertionError("accounting invariant broken: rows_in != kept + duplicates + rejected")
     kept_tokens = [rec.meta["tokens"] for rec in kept] if tokens is not None else None  # counted by token_limit
     report = _report(options, inputs, rows_in, kept, deduped.duplicates, state, train, test, agreement.stats, kept_tokens)
+    if not train:
+        raise PrepError(_nothing_to_train(options, report))
     warning = share_warning(len(kept), len(test), options.test_size, groups)
     report["warnings"] = [warning] if warning else []
+    if not test:
+        report["warnings"].append(f"no row held out for {options.name}_test; it is not registered (LLaMA-Factory "
+                                  "refuses an empty dataset).")
     _write(options, train, test, deduped.duplicates + state.rejected, agreement.conflicts, report, kept, kept_tokens)
     return report
 
@@ -184,10 +189,25 @@ def _scrubbed(row: dict) -> dict:
     return dict(row, raw=scrub_pii(row["raw"])[0]) if row.get("raw") else row
 
 
+def _nothing_to_train(options, report: dict) -> str:
+    reasons = ", ".join(f"{reason} {count}" for reason, count in report["rejected_by_reason"].items()) or "none"
+    why = (f"all {report['kept']} rows kept went to the test split (--test-size {options.test_size}); use more rows or "
+           "--test-size 0" if report["kept"] else
+           f"none of the {report['rows_in']} rows read was kept (duplicates {report['duplicates']}, rejected "
+           f"{report['rejected']}: {reasons})")
+    return (f"no row left to train {options.name} on: {why}. Nothing was written: {options.name}'s earlier outputs and "
+            "registry entries are kept.")
+
+
 def _write(options, train, test, not_kept, conflicts, report, kept, tokens) -> None:
     """Every output and the registry entries, all replaced together or, on any failure, none."""
-    with all_or_nothing():
-        _write_outputs(options, train, test, not_kept, conflicts, report, kept, tokens)
+    try:
+        with all_or_nothing():
+            _write_outputs(options, train, test, not_kept, conflicts, report, kept, tokens)
+    except OSError as err:  # a file where the data folder should be, a folder in an output's place, a full disk
+        where = f" ({err.filename})" if err.filename else ""
+        raise PrepError(f"cannot write the outputs under {options.dataset_dir}: {err.strerror or err}{where}; expected a "
+                        f"writable folder. Nothing was replaced: {options.name}'s earlier outputs are kept.") from None
 
 
 def _write_outputs(options, train, test, not_kept, conflicts, report, kept, tokens) -> None:
@@ -202,4 +222,6 @@ def _write_outputs(options, train, test, not_kept, conflicts, report, kept, toke
     write_histogram(data_dir / f"{name}_lengths.png", kept, tokens)
     atomic_write_json(data_dir / f"{name}_report.json", report)
     atomic_write_text(data_dir / f"{name}_report.md", render_markdown(report))
-    register(options.dataset_dir, registry_entries(name))
+    entries = registry_entries(name)
+    empty = [] if test else [f"{name}_test"]  # LLaMA-Factory refuses an empty dataset: not registered (any more)
+    register(options.dataset_dir, {key: entry for key, entry in entries.items() if key not in empty}, remove=empty)

@@ -7,6 +7,7 @@ never half of it; ``all_or_nothing`` extends that to a set of files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import threading
@@ -74,6 +75,9 @@ def all_or_nothing() -> Iterator[None]:
         raise
     else:
         try:
+            in_the_way = next((path for _, path in _staged.renames if Path(path).is_dir()), None)
+            if in_the_way is not None:  # found before any rename: the set is not left half new
+                raise IsADirectoryError(errno.EISDIR, "a folder is in the place of an output", str(in_the_way))
             for tmp_name, path in _staged.renames:
                 os.replace(tmp_name, path)
         finally:  # a rename that fails (a folder in the way) leaves no temp file behind

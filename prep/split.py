@@ -75,6 +75,8 @@ def split(records: list[Conversation], test_size: float, seed: int, groups: list
     for index, rec in enumerate(records):
         key = records[groups[index]].user_text() if groups else rec.user_text()
         (test if split_bucket(key, seed) < test_size else train).append(rec)
+    if not train:  # one group, or a few rows, all drawn for test: training needs them more than a test does
+        return test, []
     return train, test
 
 

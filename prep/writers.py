@@ -89,10 +89,13 @@ def load_registry(dataset_dir: Path) -> dict:
     return registry
 
 
-def register(dataset_dir: Path, entries: dict[str, dict]) -> Path:
-    """Add or replace ``entries`` in the registry, keeping every other entry, atomically."""
+def register(dataset_dir: Path, entries: dict[str, dict], remove: list[str] = ()) -> Path:
+    """Add or replace ``entries`` in the registry and drop the names in ``remove``, keeping every other entry,
+    atomically."""
     registry = load_registry(dataset_dir)
     registry.update(entries)
+    for name in remove:
+        registry.pop(name, None)
     path = Path(dataset_dir) / REGISTRY_FILE
     atomic_write_json(path, registry)
     return path

@@ -71,7 +71,7 @@ def test_build_accounts_for_every_row_and_writes_everything(tmp_path):
 
 def test_registry_has_full_mappings_and_keeps_other_entries(tmp_path):
     (tmp_path / "dataset_info.json").write_text(json.dumps({"mine": {"file_name": "mine.json"}}), encoding="utf-8")
-    report = build(messy_inputs(tmp_path), BuildOptions(name="t", dataset_dir=tmp_path))
+    report = build(messy_inputs(tmp_path), BuildOptions(name="t", dataset_dir=tmp_path, test_size=0.4))
     assert_accounting(report)
     registry = json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
     assert registry["mine"] == {"file_name": "mine.json"}
@@ -216,7 +216,7 @@ def test_web_ui_lists_the_registered_datasets(tmp_path):
     """What `llamafactory-cli webui` shows in its dataset dropdown when Data dir is the registry's folder."""
     from llamafactory.webui.control import list_datasets
 
-    build(messy_inputs(tmp_path), BuildOptions(name="t", dataset_dir=tmp_path))
+    build(messy_inputs(tmp_path), BuildOptions(name="t", dataset_dir=tmp_path, test_size=0.4))
     dropdown = list_datasets(str(tmp_path), "Supervised Fine-Tuning")
     names = {choice[0] if isinstance(choice, tuple) else choice for choice in dropdown.choices}
     assert {"t_alpaca", "t_sharegpt", "t_test"} <= names
@@ -370,8 +370,42 @@ def test_a_build_that_fails_while_writing_leaves_every_old_output_in_place(tmp_p
 
     monkeypatch.setattr(prep.build, "write_histogram", disk_full)  # after train, sharegpt, test and rejected
     second = write_csv(tmp_path / "two.csv", [(f"第二批问题{i}：考试前很焦虑", "深呼吸。", "焦虑") for i in range(20)])
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(PrepError, match="No space left on device; expected a writable folder. Nothing was replaced"):
         build([second], BuildOptions(name="s", dataset_dir=tmp_path, test_size=0.3))
     after = {path.name: path.read_bytes() for path in (tmp_path / "data").iterdir()}
     after["dataset_info.json"] = (tmp_path / "dataset_info.json").read_bytes()
     assert after == before  # no temp file left either
+
+
+def test_a_build_with_nothing_to_train_or_nowhere_to_write_replaces_nothing(tmp_path):
+    """An empty input, or one whose rows were all rejected, replaced a good dataset with [] and registered it (exit 0;
+    LLaMA-Factory then refuses it); a file where the data folder should be, or a folder in an output's place, was a
+    traceback, and the second left the outputs half new, half old."""
+    good = write_csv(tmp_path / "good.csv", [("我最近总是失眠怎么办", "先规律作息，睡前放下手机。", "失眠"),
+                                             ("考试前很焦虑", "深呼吸，把复习拆成小块。", "焦虑")])
+    build([good], BuildOptions(name="g", dataset_dir=tmp_path, test_size=0))
+    data = tmp_path / "data"
+    before = {path.name: path.read_bytes() for path in data.iterdir()}
+    registry = json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
+    assert set(registry) == {"g_alpaca", "g_sharegpt"}  # nothing held out: no empty g_test for LLaMA-Factory to refuse
+    (tmp_path / "empty.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / "crisis.csv").write_text("question,answer\n我不想活了,睡一觉就好了。\n", encoding="utf-8")
+    for bad, message in ((tmp_path / "empty.jsonl", "none of the 0 rows read was kept"),
+                         (tmp_path / "crisis.csv", "rejected 1: crisis_without_referral 1")):
+        with pytest.raises(PrepError, match=message):
+            build([bad], BuildOptions(name="g", dataset_dir=tmp_path, test_size=0))
+    (tmp_path / "afile").write_text("", encoding="utf-8")
+    with pytest.raises(PrepError, match="cannot write the outputs under .*afile: Not a directory"):
+        build([good], BuildOptions(name="g", dataset_dir=tmp_path / "afile"))
+    (data / "g_report.md").unlink()
+    (data / "g_report.md").mkdir()
+    with pytest.raises(PrepError, match="a folder is in the place of an output"):
+        build([good], BuildOptions(name="g", dataset_dir=tmp_path, test_size=0.5, seed=3))
+    (data / "g_report.md").rmdir()
+    assert {path.name: path.read_bytes() for path in data.iterdir() if path.name != "g_report.md"} == {
+        name: content for name, content in before.items() if name != "g_report.md"}
+    # A later build with a test split registers it again; one without removes the stale entry.
+    build([good], BuildOptions(name="g", dataset_dir=tmp_path, test_size=0.5, seed=3))
+    assert "g_test" in json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
+    build([good], BuildOptions(name="g", dataset_dir=tmp_path, test_size=0))
+    assert "g_test" not in json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
