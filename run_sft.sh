@@ -59,30 +59,52 @@ if [[ "$MODE" == demo ]]; then
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 CUDA_VISIBLE_DEVICES=""
   CONFIG=${CONFIG:-factory_configs/demo_cpu_lora_sft.yaml}
   MERGE_CONFIG=factory_configs/demo_cpu_merge.yaml
-  [[ -n "$OUTPUT" ]] || FORCE=1  # the demo's own run folder is redone by every demo; a folder you name is not
 else
   CONFIG=${CONFIG:-factory_configs/llama3_lora_sft.yaml}
   MERGE_CONFIG=factory_configs/llama3_merge.yaml
 fi
 [[ -f "$CONFIG" ]] || die 2 "--config $CONFIG: no such file."
+TINY=""
+if [[ "$MODE" == demo ]]; then
+  # The demo (re)builds its tiny model only in a new folder or over a tiny model prep built, never over a model of
+  # yours (with --model, that model is trained as it is). Only the demo's own runs/demo is redone by every demo: a run
+  # folder you name, or one from your --config, is not.
+  DEMO=$(python - "$CONFIG" "$MODEL" "$OUTPUT" <<'PY'
+import sys
+from pathlib import Path
+from prep.errors import PrepError
+from prep.runs import is_demo_run_folder, load_config
+from prep.tiny_model import demo_model_folder
+config, model, output = sys.argv[1:4]
+try:
+    tiny = "" if model else str(load_config(Path(config)).get("model_name_or_path") or "")
+    if tiny:
+        demo_model_folder(tiny)
+    print(tiny)
+    print(int(is_demo_run_folder(Path(config), output)))
+except PrepError as err:
+    print(f"run_sft.sh: error: {err}", file=sys.stderr)
+    sys.exit(2)
+PY
+  ) || exit 2
+  TINY=${DEMO%$'\n'*}
+  if [[ "${DEMO##*$'\n'}" == 1 ]]; then FORCE=1; fi
+fi
 
 # The seed datasets are built only when missing: a psy_seed you built with more data (data/feedback) stays.
 TO_BUILD=()
 [[ -s "data/${DATA_NAME}_alpaca.json" ]] || TO_BUILD+=("data/${DATA_NAME}_*.json from data/seed")
-if [[ "$MODE" == demo ]]; then
-  TINY=$(python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["model_name_or_path"])' "$CONFIG")
-  [[ -f "$TINY/config.json" ]] || TO_BUILD+=("the tiny model in $TINY")
-fi
+if [[ -n "$TINY" && ! -f "$TINY/config.json" ]]; then TO_BUILD+=("the tiny model in $TINY"); fi
 BUILT_FIRST=()  # a dry run writes nothing: it checks everything but what the run would build first
 if (( DRY )) && (( ${#TO_BUILD[@]} )); then
   [[ -s "data/${DATA_NAME}_alpaca.json" ]] || BUILT_FIRST+=(--data-built-first "$DATA_NAME")
-  [[ "$MODE" != demo || -n "$MODEL" || -f "$TINY/config.json" ]] || BUILT_FIRST+=(--model-built-first)
+  [[ -z "$TINY" || -f "$TINY/config.json" ]] || BUILT_FIRST+=(--model-built-first)
 fi
 if [[ ! -s "data/${DATA_NAME}_alpaca.json" ]] && (( ! DRY )); then
   step "Building datasets from data/seed (registry: ./dataset_info.json)"
   prep build data/seed --name "$DATA_NAME" || die 5 "prep build failed on data/seed."
 fi
-if [[ "$MODE" == demo ]] && (( ! DRY )); then  # the demo's model, rebuilt by every demo
+if [[ -n "$TINY" ]] && (( ! DRY )); then  # the demo's model, rebuilt by every demo
   step "Building the tiny local model in $TINY (random weights, Llama-3 tokenizer layout)"
   prep tiny-model "$TINY" --data data/seed --hidden-size 128 || die 2 "could not build the tiny model."
 fi
@@ -140,6 +162,13 @@ stop_stage() {  # TERM to the stage's process group, KILL to what is left of it 
   wait "$CHILD" 2>/dev/null || true
   kill -KILL -- "-$CHILD" 2>/dev/null || true  # workers the stage's main process left behind
 }
+rerun_hint() {  # --resume only when there is a checkpoint to continue from
+  local checkpoint
+  for checkpoint in "$RUN_DIR"/lora/checkpoint-*; do
+    if [[ -d "$checkpoint" ]]; then echo "re-run with --resume to continue from the last checkpoint"; return; fi
+  done
+  echo "re-run with --force to start over (no checkpoint was saved to --resume from)"
+}
 finish() {  # record the end of the run; signals are ignored meanwhile, so a second Ctrl-C cannot leave it 'running'
   trap '' "${SIGNALS[@]}"
   prep run-finish "$RUN_DIR" "$@"
@@ -150,7 +179,7 @@ trap 'trap "" "${SIGNALS[@]}"; stop_stage; finish --exit-code 130 --stage "$STAG
 step "LoRA SFT: llamafactory-cli train $RUN_DIR/run_config.yaml"
 if ! run_stage llamafactory-cli train "$RUN_DIR/run_config.yaml"; then
   finish --exit-code 10 --stage train
-  die 10 "training failed (see the output above); fix it and re-run with --resume to continue from the last checkpoint."
+  die 10 "training failed (see the output above); fix it and $(rerun_hint)."
 fi
 
 if (( MERGE )); then

@@ -127,7 +127,38 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built
     elif not force and manifest.get("status") == "running":
         raise PrepError(f"{run_dir} holds a run that is still running, or was killed without a word (started "
                         f"{manifest.get('start')}); pass --force if it is not running any more, --resume to continue, or --output DIR.")
+    elif not force and str(manifest.get("status", "")).startswith(("interrupted", "failed")):
+        raise PrepError(f"{run_dir} holds a run that ended {manifest['status']}; {rerun_hint(run_dir)}, or pass --output DIR.")
+    check_template(config)
     _parse_with_llamafactory(config)
+
+
+def rerun_hint(run_dir: Path) -> str:
+    """How to go on after a run that stopped: --resume only when there is a checkpoint to continue from."""
+    if any((Path(run_dir) / "lora").glob("checkpoint-*")):
+        return "pass --resume to continue from its last checkpoint or --force to start over"
+    return "pass --force to start over (it saved no checkpoint to --resume from)"
+
+
+def check_template(config: dict) -> None:
+    """The chat template is one LLaMA-Factory knows (an unknown one passes its parser and fails at train start)."""
+    import difflib
+
+    from llamafactory.data.template import TEMPLATES
+
+    template = config.get("template")
+    if template is None or template in TEMPLATES:
+        return
+    close = difflib.get_close_matches(str(template), list(TEMPLATES), n=4, cutoff=0.5)
+    raise PrepError(f"template '{template}' is not one LLaMA-Factory knows; did you mean {', '.join(close) or 'llama3'}?")
+
+
+def is_demo_run_folder(config_path: Path, output: str | None) -> bool:
+    """Whether a demo run goes into the demo's own runs/demo folder (under the current folder), which every demo redoes."""
+    if output:
+        return False
+    _, run_dir = resolve(config_path, None, None, None, False)
+    return run_dir.resolve() == Path("runs/demo").resolve()
 
 
 def _check_run_folder(run_dir: Path) -> None:
@@ -170,8 +201,8 @@ def _parse_with_llamafactory(config: dict) -> None:
         checked.pop("deepspeed", None)  # DeepSpeed itself is checked at launch, not by the parser
     try:
         get_train_args(checked)
-    except (ValueError, TypeError, KeyError) as err:
-        raise PrepError(f"LLaMA-Factory rejects the config: {str(err).splitlines()[0]}") from None
+    except (ValueError, TypeError, KeyError, AssertionError) as err:  # (it asserts some choices, e.g. finetuning_type)
+        raise PrepError(f"LLaMA-Factory rejects the config: {(str(err).splitlines() or [type(err).__name__])[0]}") from None
     except SystemExit:
         raise PrepError("LLaMA-Factory rejects the config (unknown or malformed keys).") from None
 

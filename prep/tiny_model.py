@@ -155,6 +155,7 @@ def build_tiny_model(out_dir: Path, inputs: list[Path], vocab_size: int = 3000, 
     ``initializer_range`` is larger than Llama's 0.02 on purpose: with a frozen random
     ``lm_head`` that small, LoRA could never make the logits sharp enough to learn anything.
     """
+    check_tiny_model_folder(Path(out_dir))
     texts = corpus_from_inputs(inputs)
     if not texts:
         raise PrepError("no text found in the inputs to train the tiny tokenizer on.")
@@ -168,3 +169,34 @@ def build_tiny_model(out_dir: Path, inputs: list[Path], vocab_size: int = 3000, 
         encoding="utf-8",
     )
     return out_dir
+
+
+def is_tiny_model(folder: Path) -> bool:
+    """Whether ``folder`` holds a model this module built (its tiny_model.json says so)."""
+    try:
+        return json.loads((folder / "tiny_model.json").read_text(encoding="utf-8")).get("built_by") == "prep tiny-model"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_tiny_model_folder(folder: Path) -> None:
+    """A tiny model is written only into a new or empty folder, or over a tiny model: never over a real model."""
+    if folder.exists() and not folder.is_dir():
+        raise PrepError(f"{folder} is a file; the tiny model needs a folder.")
+    if folder.is_dir() and any(folder.iterdir()) and not is_tiny_model(folder):
+        raise PrepError(f"{folder} is not empty and holds no tiny model built by prep tiny-model; "
+                        "it is not overwritten, pick a new folder.")
+
+
+def demo_model_folder(model: str) -> Path:
+    """The folder the demo may (re)build its tiny model in: ``model`` itself when it is new or a tiny model, and not
+    a hub id such as meta-llama/Meta-Llama-3-8B-Instruct (write ./org/name for a local folder of that name)."""
+    folder = Path(model).expanduser()
+    hub_like = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not folder.parent.is_dir()
+    if not folder.exists() and hub_like and folder.parts[0] != "models":
+        raise PrepError(f"demo: model '{model}' looks like a hub id, and the demo builds its tiny random model only "
+                        "into a local folder; run without demo to train it, or write ./" + model + " for a local folder.")
+    if folder.exists() and not (folder.is_dir() and (is_tiny_model(folder) or not any(folder.iterdir()))):
+        raise PrepError(f"demo: model '{model}' is not a tiny model built by prep, and the demo would overwrite it with "
+                        "random weights; pass --model " + model + " to train it as it is, or run without demo.")
+    return folder

@@ -8,6 +8,7 @@ backend (vLLM needs CUDA); everything else is parsed as written.
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -93,18 +94,11 @@ def test_the_config_check_in_a_child_process_reports_llamafactorys_sentence(tiny
 def test_a_dry_run_before_anything_is_built_still_checks_what_it_can_and_writes_nothing(tmp_path):
     """In a fresh clone (no datasets, no demo model) --dry-run said 'would build' and exited 0 before any other check:
     an output path under a file or a missing --model passed, and the real run then failed with a traceback."""
-    import shutil
     import subprocess
 
     from conftest import tool_env
 
-    repo = tmp_path / "repo"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, tracked):
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, repo / name)
-    for generated in (repo / "data").glob("*.json*"):
-        generated.unlink()
+    repo = _repo_copy(tmp_path)
     before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
     (tmp_path / "a file").write_text("x", encoding="utf-8")
 
@@ -122,3 +116,127 @@ def test_a_dry_run_before_anything_is_built_still_checks_what_it_can_and_writes_
         result = dry(*args)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr[-800:])
     assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before  # a dry run writes nothing
+
+
+def _repo_copy(tmp_path: Path) -> Path:
+    """The repo's tracked files, without generated datasets, models or runs (a fresh clone)."""
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    for generated in (repo / "data").glob("*.json*"):
+        generated.unlink()
+    return repo
+
+
+def _sft(repo: Path, *args: str):
+    import subprocess
+
+    from conftest import tool_env
+
+    return subprocess.run(["bash", "run_sft.sh", *args], cwd=repo, env={**tool_env(), "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=600)
+
+
+def _demo_config(path: Path, **changes) -> Path:
+    config = yaml.safe_load((ROOT / "factory_configs" / "demo_cpu_lora_sft.yaml").read_text(encoding="utf-8"))
+    path.write_text(yaml.safe_dump({**config, **changes}, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_the_demo_never_builds_its_tiny_model_over_a_model_prep_did_not_build(tmp_path):
+    """`run_sft.sh demo --config X` wrote a random tiny model over X's model_name_or_path (a real model folder), and
+    into a junk ./meta-llama/... folder for a hub id."""
+    from prep.errors import PrepError
+    from prep.tiny_model import build_tiny_model
+
+    repo = _repo_copy(tmp_path)
+    real = tmp_path / "my model"
+    real.mkdir()
+    (real / "config.json").write_text("{}", encoding="utf-8")
+    (real / "model.safetensors").write_bytes(b"weights")
+    for model, message in ((str(real), "is not a tiny model built by prep"), ("meta-llama/Meta-Llama-3-8B-Instruct", "looks like a hub id")):
+        config = _demo_config(tmp_path / "my.yaml", model_name_or_path=model, output_dir=str(tmp_path / "run" / "lora"), max_steps=1)
+        result = _sft(repo, "demo", "--config", str(config), "--no-merge")
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr[-1500:]
+    assert (real / "model.safetensors").read_bytes() == b"weights" and sorted(p.name for p in real.iterdir()) == ["config.json", "model.safetensors"]
+    assert not (repo / "meta-llama").exists() and not (tmp_path / "run").exists()
+    with pytest.raises(PrepError, match="holds no tiny model built by prep tiny-model"):
+        build_tiny_model(real, [ROOT / "data" / "seed"])
+    assert (real / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_a_demo_with_your_config_does_not_overwrite_a_finished_run(tmp_path):
+    """The demo forced every run whose --output was not given, so a --config whose output_dir held a finished run was
+    overwritten (and --dry-run said all checks passed); only the demo's own runs/demo is redone."""
+    repo = _repo_copy(tmp_path)
+    run = tmp_path / "finished"
+    (run / "lora").mkdir(parents=True)
+    (run / "lora" / "adapter_model.safetensors").write_bytes(b"adapter")
+    (run / "run_manifest.json").write_text(json.dumps({"status": "finished", "exit_code": 0}), encoding="utf-8")
+    config = _demo_config(tmp_path / "my.yaml", output_dir=str(run / "lora"))
+    result = _sft(repo, "demo", "--config", str(config), "--dry-run")
+    assert result.returncode == 2 and f"{run} holds a finished run; pass --force" in result.stderr, result.stdout[-800:] + result.stderr[-800:]
+    own = _sft(repo, "demo", "--config", str(_demo_config(tmp_path / "own.yaml")), "--dry-run")
+    assert own.returncode == 0 and "would train into runs/demo/lora" in own.stdout, own.stderr[-800:]
+
+
+def _checkable(tmp_path: Path, tiny_model: Path, **changes) -> dict:
+    """The demo config on the tiny model and a one-file dataset registry of its own."""
+    (tmp_path / "d.json").write_text(json.dumps([{"instruction": "问", "output": "答"}] * 4, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json"}}), encoding="utf-8")
+    config = yaml.safe_load((ROOT / "factory_configs" / "demo_cpu_lora_sft.yaml").read_text(encoding="utf-8"))
+    config.update(model_name_or_path=str(tiny_model), dataset="d", dataset_dir=str(tmp_path), val_size=0.0,
+                  eval_strategy="no", load_best_model_at_end=False, output_dir=str(tmp_path / "run" / "lora"))
+    return {**config, **changes}
+
+
+def test_an_interrupted_or_failed_run_is_redone_or_continued_only_when_asked(tiny_model, tmp_path):
+    """A re-run without flags into a run that ended 'failed (merge)' or 'interrupted (train)' was accepted, and the
+    script then deleted its adapter, checkpoints and merged model."""
+    from prep.errors import PrepError
+    from prep.runs import check_run
+
+    config, run = _checkable(tmp_path, tiny_model), tmp_path / "run"
+    (run / "lora" / "checkpoint-100").mkdir(parents=True)
+    (run / "run_manifest.json").write_text(json.dumps({"status": "failed (merge)"}), encoding="utf-8")
+    with pytest.raises(PrepError, match=r"ended failed \(merge\); pass --resume to continue from its last checkpoint or --force"):
+        check_run(config, run, resume=False, force=False)
+    (run / "lora" / "checkpoint-100").rmdir()
+    (run / "run_manifest.json").write_text(json.dumps({"status": "interrupted (train)"}), encoding="utf-8")
+    with pytest.raises(PrepError, match=r"ended interrupted \(train\); pass --force to start over \(it saved no checkpoint"):
+        check_run(config, run, resume=False, force=False)
+    check_run(config, run, resume=False, force=True)
+
+
+def test_a_failed_training_suggests_resume_only_when_there_is_a_checkpoint(tiny_model, tmp_path):
+    """Training that failed before its first checkpoint said 're-run with --resume', which then failed too."""
+    import shutil
+
+    repo = _repo_copy(tmp_path)
+    broken = tmp_path / "broken model"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    config = _demo_config(tmp_path / "my.yaml", model_name_or_path=str(broken))
+    result = _sft(repo, "--config", str(config), "--output", str(tmp_path / "run"), "--no-merge")
+    assert result.returncode == 10, result.stdout[-1500:] + result.stderr[-1500:]
+    assert "re-run with --force to start over" in result.stderr and "re-run with --resume" not in result.stderr, result.stderr[-800:]
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"finetuning_type": "lroa"}, "LLaMA-Factory rejects the config: Invalid fine-tuning method."),
+    ({"template": "llama33"}, "template 'llama33' is not one LLaMA-Factory knows; did you mean llama3"),
+])
+def test_a_bad_method_or_template_is_one_sentence_before_the_run(tiny_model, tmp_path, changes, message):
+    """finetuning_type: lroa was a traceback (an AssertionError) in the check; template: llama33 passed it and failed
+    at train start."""
+    from prep.errors import PrepError
+    from prep.runs import check_run
+
+    with pytest.raises(PrepError, match=re.escape(message)):
+        check_run(_checkable(tmp_path, tiny_model, **changes), tmp_path / "run", resume=False, force=False)
