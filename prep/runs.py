@@ -90,8 +90,8 @@ def check_datasets(config: dict, built_first: str | None = None) -> list[Path]:
         if not entry.get("file_name"):
             raise PrepError(f"dataset '{name}' in {registry_path} has no file_name (nor {', '.join(REMOTE_DATASET_KEYS)}).")
         file = dataset_dir / entry["file_name"]
-        parts = sorted(p for p in file.rglob("*") if p.is_file() and p.stat().st_size > 2) if file.is_dir() else []
-        if not parts and (not file.is_file() or file.stat().st_size <= 2):
+        parts = sorted(p for p in file.rglob("*") if p.is_file() and _holds_data(p)) if file.is_dir() else []
+        if not parts and (not file.is_file() or not _holds_data(file)):
             raise PrepError(f"dataset '{name}': {file} is missing or empty; run 'prep build' to write it.")
         files += parts or [file]
     return files
@@ -159,6 +159,15 @@ def is_demo_run_folder(config_path: Path, output: str | None) -> bool:
         return False
     _, run_dir = resolve(config_path, None, None, None, False)
     return run_dir.resolve() == Path("runs/demo").resolve()
+
+
+def _holds_data(file: Path) -> bool:
+    """Whether a dataset file holds anything: not empty, nor an empty JSON list or object (``[]\n``, which LLaMA-Factory
+    refuses at train start)."""
+    size = file.stat().st_size
+    if size > 64:
+        return True
+    return file.read_bytes().strip() not in (b"", b"[]", b"{}")
 
 
 def _check_run_folder(run_dir: Path) -> None:

@@ -75,6 +75,11 @@ def test_the_pre_run_check_reads_every_registry_llamafactory_reads(tmp_path):
     assert files == [tmp_path / "data" / "folder_ds" / "part1.json"]
     with pytest.raises(PrepError, match="dataset 'bad' in .* is str, not an entry"):
         check_datasets({"dataset_dir": str(tmp_path), "dataset": "folder_ds,bad"})
+    # An empty list passed as a dataset (LLaMA-Factory refuses it at train start: "corresponds to no data")
+    (tmp_path / "data" / "empty.json").write_text("[]\n", encoding="utf-8")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"empty": {"file_name": "data/empty.json"}}), encoding="utf-8")
+    with pytest.raises(PrepError, match="dataset 'empty': .*empty.json is missing or empty"):
+        check_datasets({"dataset_dir": str(tmp_path), "dataset": "empty"})
 
 
 def test_the_config_check_in_a_child_process_reports_llamafactorys_sentence(tiny_model, tmp_path):
