@@ -99,3 +99,21 @@ def test_ctrl_d_at_the_prompt_ends_the_line(chat, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", TtyAtEof(""))
     chat.interactive(FakeSession(), False)
     assert capsys.readouterr().out.endswith("用户：\n")
+
+
+def test_the_default_model_is_the_newest_finished_merge(tmp_path):
+    """A merge that did not finish (config.json written, no weights yet: out of disk, killed) was picked as the newest,
+    so chat.py refused to start although a finished merge was there."""
+    import os
+
+    from prep.chat import latest_merged_model
+
+    finished, unfinished = tmp_path / "demo" / "merged", tmp_path / "later" / "merged"
+    for folder in (finished, unfinished):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}", encoding="utf-8")
+    (finished / "model.safetensors").write_bytes(b"weights")
+    os.utime(finished / "config.json", (1, 1))  # the finished one is older
+    assert latest_merged_model(tmp_path) == finished
+    (finished / "model.safetensors").unlink()  # none finished: the newest, so that the check says what is missing
+    assert latest_merged_model(tmp_path) == unfinished
