@@ -130,6 +130,10 @@ def test_json_shapes_alpaca_sharegpt_openai(tmp_path):
     assert [t.content for t in records[0].turns] == ["早", "早上好", "问题一", "回答一"]
     assert records[1].system == "系统" and records[1].final_answer == "回答二"
     assert records[2].system == "S" and records[2].first_question == "问题三"
+    # A ranking dataset's [chosen, rejected] output was trained on as the text "['…', '…']"
+    path.write_text(json.dumps([{"instruction": "我最近总是失眠", "output": ["固定作息。", "别管它。"]}], ensure_ascii=False), encoding="utf-8")
+    [item] = list(read_path(path))
+    assert isinstance(item, Rejected) and item.reason == "unknown_shape" and "output is a JSON list, not text" in item.detail
 
 
 def test_broken_jsonl_line_is_a_rejected_row(tmp_path):

@@ -61,6 +61,14 @@ def _from_messages(messages: list, role_key: str, content_key: str) -> tuple[lis
     return turns, system
 
 
+def _text(value: object, field: str) -> str:
+    """An alpaca field's text; a list or object (a ranking dataset's [chosen, rejected] output) is no answer to train."""
+    if isinstance(value, (list, dict)):
+        raise ShapeError(f"{field} is a JSON {'list' if isinstance(value, list) else 'object'}, not text "
+                         "(a ranking dataset's [chosen, rejected] pair is not supervised data)")
+    return str(value if value is not None else "").strip()
+
+
 def item_to_conversation(item: object, provenance: Provenance) -> Conversation:
     """Convert one alpaca / sharegpt / OpenAI-messages item into a conversation."""
     if not isinstance(item, dict):
@@ -75,9 +83,9 @@ def item_to_conversation(item: object, provenance: Provenance) -> Conversation:
         for pair in item.get("history") or []:
             if not (isinstance(pair, list) and len(pair) == 2):
                 raise ShapeError("history is not a list of [question, answer] pairs")
-            turns += [Turn("user", str(pair[0]).strip()), Turn("assistant", str(pair[1]).strip())]
-        question = "\n".join(str(item.get(key) or "").strip() for key in ("instruction", "input")).strip()
-        turns += [Turn("user", question), Turn("assistant", str(item.get("output") or "").strip())]
+            turns += [Turn("user", _text(pair[0], "a history question")), Turn("assistant", _text(pair[1], "a history answer"))]
+        question = "\n".join(_text(item.get(key), key) for key in ("instruction", "input")).strip()
+        turns += [Turn("user", question), Turn("assistant", _text(item.get("output"), "output"))]
     else:
         raise ShapeError("expected alpaca (instruction/output), sharegpt (conversations) or OpenAI (messages) keys")
     if item.get("origin") in ("labelled", "distilled", "feedback"):
