@@ -534,6 +534,8 @@ def distill(config: DistillConfig) -> RunStats:
     if config.max_attempts < 1 or config.max_tokens < 1 or not config.timeout_s > 0 or not config.poll_s > 0:
         raise PrepError(f"--max-attempts {config.max_attempts} and --max-tokens {config.max_tokens} must be 1 or more, "
                         f"--timeout {config.timeout_s} and --poll-interval {config.poll_s} more than 0.")
+    if config.max_cost is not None and not config.max_cost > 0:
+        raise PrepError(f"--max-cost {config.max_cost}: expected an amount in dollars above 0.")
     if Path(config.out).is_dir():
         raise PrepError(f"--out {config.out}: is a folder; expected the journal file (JSONL) to write or resume.")
     _check_is_journal(Path(config.out))

@@ -171,6 +171,9 @@ class EndpointModel:
 
         from openai import OpenAI
 
+        from prep.chat import GenerationOptions
+
+        GenerationOptions(temperature, top_p, max_new_tokens, 1.0)  # the same checks as for a local model, one sentence
         self.client = OpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY", timeout=120, max_retries=2)
         self.model, self.system, self.name = model, system, f"{model}@{base_url}"
         self.params = dict(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)

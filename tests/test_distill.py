@@ -358,7 +358,8 @@ def test_inputs_and_options_that_cannot_work_are_one_sentence(tmp_path):
     (tmp_path / "gbk.yaml").write_bytes(topics.encode("gbk"))  # saved by a Chinese Windows editor
     assert plan(config(tmp_path, "http://127.0.0.1:9/v1", topics=tmp_path / "gbk.yaml")) == plan(config(tmp_path, "http://127.0.0.1:9/v1"))
     for changes, message in ((dict(topics=tmp_path), "is a folder"), (dict(out=tmp_path), "is a folder"),
-                             (dict(max_attempts=0), "--max-attempts 0"), (dict(timeout_s=0), "--timeout 0")):
+                             (dict(max_attempts=0), "--max-attempts 0"), (dict(timeout_s=0), "--timeout 0"),
+                             (dict(max_cost=-1.0), "--max-cost -1.0: expected an amount")):
         with pytest.raises(PrepError, match=message):
             distill(config(tmp_path, "http://127.0.0.1:9/v1", **changes))
     # A dataset given as --out by mistake had the run's lines appended to it (and no longer loaded); it is refused untouched.

@@ -283,7 +283,8 @@ def test_plan_and_cli_inputs_are_checked_before_anything_runs(tmp_path):
     (tmp_path / "a_file").write_text("x", encoding="utf-8")
     for args, message in ((["--judge-base-url", "http://127.0.0.1:9/v1"], "--judge-model together"),
                           (["--compare", str(tmp_path / "nowhere")], "not an evaluation folder"),
-                          (["--out", str(tmp_path / "a_file")], "is a file")):
+                          (["--out", str(tmp_path / "a_file")], "is a file"),
+                          (["--temperature", "-1"], "--temperature -1"), (["--max-new-tokens", "0"], "--max-new-tokens 0")):
         command = ["eval", "--base-url", "http://127.0.0.1:9/v1", "--out", str(tmp_path / "out"), *args]
         result = subprocess.run([sys.executable, "-m", "prep.cli", *command], capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
