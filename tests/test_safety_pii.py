@@ -88,6 +88,9 @@ def test_pii_scrubbed_and_counted_but_hotline_kept():
     assert "6222021234567890128" not in scrubbed
     assert "400-161-9995" in scrubbed and "1234567890123456" in scrubbed  # no Luhn: not a card
     assert counts == {"mobile": 1, "email": 1, "id_card": 1, "bank_card": 1}
+    # An ID number right after letters (ID110…, sfz110…) was kept: the checksum, not the letters, tells it is one.
+    for typed in ("ID11010519491231002X", "sfz:11010519491231002X号"):
+        assert "11010519491231002X" not in scrub_pii(typed)[0], typed
 
 
 @pytest.mark.parametrize("text", ["你好", "谢谢", "好的", "再见", "晚安", "算了", "行吧", "嗯嗯",
