@@ -51,6 +51,8 @@ def load_decisions(path: Path, groups: dict[str, list[dict]]) -> dict[str, dict]
     decisions = {}
     for number, decision in json_lines(path, "--accept"):
         problem = _decision_problem(decision, groups)
+        if not problem and decision["case_id"] in decisions:  # which one was meant? (the last silently won)
+            problem = f"decides on case {decision['case_id']} a second time"
         if problem:
             raise PrepError(f"{path}: line {number} {problem}; expected {{\"case_id\": ..., \"accept\": [0, 2]}}, "
                             "{\"case_id\": ..., \"correction\": \"...\"} or {\"case_id\": ..., \"skip\": true}.")
@@ -71,6 +73,9 @@ def _decision_problem(decision: object, groups: dict[str, list[dict]]) -> str | 
         return f"accepts samples {sorted(set(accept) - samples)} that case {decision['case_id']} does not have ({sorted(samples)})"
     if correction is not None and not isinstance(correction, str):
         return f"has a correction that is not text ({type(correction).__name__})"
+    given = [key for key in ("accept", "correction", "skip") if decision.get(key) not in (None, False, [])]
+    if len(given) > 1:  # (the correction silently won over the accepted samples)
+        return f"gives {' and '.join(given)} at once; one decision per case"
     return None
 
 

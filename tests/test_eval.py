@@ -255,14 +255,17 @@ def test_review_keeps_every_review_and_every_decision(tmp_path):
     ({"accept": [7]}, "does not have"),
     ({"correction": {"text": "x"}}, "not text"),
     ({"case_id": "NO-SUCH-CASE", "skip": True}, "does not have"),
+    ({"accept": [0], "correction": "改写的回答"}, "gives accept and correction at once"),  # the correction won silently
+    ([{"accept": [0]}, {"skip": True}], "a second time"),  # the last won silently
 ])
 def test_a_bad_decision_is_one_sentence_naming_its_line(tmp_path, decision, message):
     cases = load_plan(limit_per_kind=1)[:1]
     with FakeOpenAI(Behaviour(responder=plan_responder)) as url:
         run_eval(EndpointModel(url, "fake", "系统", 64, 0.7, 0.9), cases, EvalOptions(tmp_path / "e"))
     decisions = tmp_path / "d.jsonl"
-    decisions.write_text("\n" + json.dumps({"case_id": cases[0].case_id, **decision}) + "\n", encoding="utf-8")
-    with pytest.raises(PrepError, match=f"line 2 .*{message}"):
+    lines = [json.dumps({"case_id": cases[0].case_id, **one}) for one in (decision if isinstance(decision, list) else [decision])]
+    decisions.write_text("\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(PrepError, match=f"line {1 + len(lines)} .*{message}"):
         review(tmp_path / "e" / "candidates.jsonl", "x", decisions, tmp_path / "fb")
     assert not (tmp_path / "fb").exists()
 
