@@ -26,14 +26,16 @@ def build_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the deterministic split.")] = 42,
     near_dedup: Annotated[bool, typer.Option("--near-dedup/--no-near-dedup", help="MinHash near-duplicate removal.")] = True,
     tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="Local tokenizer or model folder: reject rows longer than --cutoff-len tokens.")] = None,
-    cutoff_len: Annotated[int, typer.Option("--cutoff-len", min=1, help="LLaMA-Factory's cutoff_len (with --tokenizer).")] = 2048,
+    cutoff_len: Annotated[Optional[int], typer.Option("--cutoff-len", min=1, help="LLaMA-Factory's cutoff_len (with --tokenizer; default 2048).")] = None,
 ) -> None:
     """Read, clean, deduplicate, split and register a dataset."""
     from prep.build import BuildOptions, build
     from prep.dedup import DedupConfig
 
+    if cutoff_len is not None and tokenizer is None:  # (it was ignored: no row was checked against it)
+        raise PrepError(f"--cutoff-len {cutoff_len} needs --tokenizer DIR, the tokenizer that counts the tokens.")
     options = BuildOptions(name=name, dataset_dir=dataset_dir, test_size=test_size, system=system, seed=seed,
-                           dedup=DedupConfig(near=near_dedup), tokenizer=tokenizer, cutoff_len=cutoff_len)
+                           dedup=DedupConfig(near=near_dedup), tokenizer=tokenizer, cutoff_len=cutoff_len or 2048)
     report = build(inputs, options)
     reasons = ", ".join(f"{k} {v}" for k, v in report["rejected_by_reason"].items()) or "none"
     typer.echo(

@@ -409,3 +409,12 @@ def test_a_build_with_nothing_to_train_or_nowhere_to_write_replaces_nothing(tmp_
     assert "g_test" in json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
     build([good], BuildOptions(name="g", dataset_dir=tmp_path, test_size=0))
     assert "g_test" not in json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
+
+
+def test_cutoff_len_without_a_tokenizer_is_refused(tmp_path):
+    """--cutoff-len without --tokenizer was ignored: no row was checked, and the user believed they were."""
+    data = write_csv(tmp_path / "qa.csv", [("我最近总是失眠怎么办", "先规律作息。", "失眠")])
+    result = subprocess.run([sys.executable, "-m", "prep.cli", "build", str(data), "--name", "c", "--dataset-dir", str(tmp_path),
+                             "--cutoff-len", "512"], capture_output=True, text=True, timeout=120, env=tool_env())
+    assert result.returncode == 2 and "--cutoff-len 512 needs --tokenizer" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
