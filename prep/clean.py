@@ -15,6 +15,7 @@ from prep.parallel import MIN_PARALLEL, map_chunks
 from prep.pii import scrub_pii
 from prep.records import Conversation, Rejected, Turn
 from prep.safety import detect_crises, prepare_detector, refers_to_help
+from prep.textformat import format_text
 
 
 @dataclass
@@ -62,6 +63,12 @@ _KEEP_AS_WRITTEN = {"\u2026", "\u2025"} | {chr(c) for c in range(0x2460, 0x2500)
 _PARK = {ord(ch): 0xF0000 + ord(ch) for ch in _KEEP_FULLWIDTH | _KEEP_AS_WRITTEN}
 _UNPARK = {v: k for k, v in _PARK.items()}
 
+
+
+def _excerpt(rec: Conversation) -> str:
+    """What a rejected row keeps to be looked at: every turn (the answer that lacked a referral, the repetitive one), in
+    the <s>Human: text format prep build reads back; cut at 2,000 characters when written."""
+    return format_text(rec.turns)
 
 def nfkc_keep_chinese_punctuation(text: str) -> str:
     """NFKC (full-width letters and digits, compatibility forms) that leaves ，！？：（）, …… and ① alone."""
@@ -124,7 +131,7 @@ def validate(records: list[Conversation], limits: Limits = Limits()) -> StepResu
     for rec in records:
         problem = _problem(rec, limits)
         if problem:
-            result.rejected.append(Rejected(problem[0], rec.provenance, detail=problem[1], raw=rec.first_question[:500]))
+            result.rejected.append(Rejected(problem[0], rec.provenance, detail=problem[1], raw=_excerpt(rec)))
         else:
             result.kept.append(rec)
     return result
@@ -136,7 +143,7 @@ def token_limit(records: list[Conversation], token_counts: list[int], cutoff_len
     result = StepResult([])
     for rec, count in zip(records, token_counts):
         if count > cutoff_len:
-            result.rejected.append(Rejected("too_many_tokens", rec.provenance, detail=f"{count} tokens (cutoff_len {cutoff_len})", raw=rec.first_question[:500]))
+            result.rejected.append(Rejected("too_many_tokens", rec.provenance, detail=f"{count} tokens (cutoff_len {cutoff_len})", raw=_excerpt(rec)))
         else:
             result.kept.append(replace(rec, meta={**rec.meta, "tokens": count}))
     return result
@@ -171,7 +178,7 @@ def crisis_rule(records: list[Conversation]) -> StepResult:
         unsafe = any(i + 1 < len(rec.turns) and not refers_to_help(rec.turns[i + 1].content) for i in crisis_at)
         if unsafe:
             result.rejected.append(
-                Rejected("crisis_without_referral", rec.provenance, detail="a crisis message is answered without a referral", raw=rec.first_question[:500])
+                Rejected("crisis_without_referral", rec.provenance, detail="a crisis message is answered without a referral", raw=_excerpt(rec))
             )
         else:  # marked, so the report counts the crisis conversations that survive dedup and agreement too
             result.kept.append(replace(rec, meta={**rec.meta, "crisis": True}) if crisis_at else rec)

@@ -64,6 +64,7 @@ def test_build_accounts_for_every_row_and_writes_everything(tmp_path):
     crisis = next(r for r in rejected if r["reason"] == "crisis_without_referral")
     assert crisis["provenance"]["location"] == "row 6" and crisis["provenance"]["source"].endswith("labelled.csv")
     assert crisis["provenance"]["origin"] == "labelled" and crisis["provenance"]["created"].startswith("20")
+    assert crisis["raw"] == "<s>Human: 我不想活了\n</s><s>Assistant: 多出去走走就好了。\n</s>"  # the answer to look at, not only the question
     assert json.loads((data / "t_report.json").read_text(encoding="utf-8"))["rows_in"] == 11
     assert "rows_in 11 = kept 5 + duplicates 2 + rejected 4" in (data / "t_report.md").read_text(encoding="utf-8")
     assert (data / "t_lengths.png").read_bytes()[:4] == b"\x89PNG"
