@@ -219,8 +219,8 @@ else
   echo "Loss curve:   $RUN_DIR/lora/training_loss.png (eval: $RUN_DIR/lora/training_eval_loss.png)"
   if (( MERGE )); then
     echo "Merged model: $RUN_DIR/merged"
-    echo "Talk to it:   python chat.py --model $RUN_DIR/merged"
+    echo "Talk to it:   python chat.py --model $(printf %q "$RUN_DIR/merged")"  # (quoted: a folder with spaces pastes whole)
   else
-    echo "Adapter:      $RUN_DIR/lora (not merged: python chat.py --model BASE_MODEL --adapter $RUN_DIR/lora)"
+    echo "Adapter:      $RUN_DIR/lora (not merged: python chat.py --model BASE_MODEL --adapter $(printf %q "$RUN_DIR/lora"))"
   fi
 fi
