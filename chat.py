@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.prompt is not None and not _clean_input(args.prompt):
             raise PrepError("--prompt is empty; give the message to send.")
+        if args.context_tokens < 2:  # (the error said --max-new-tokens leaves no room)
+            raise PrepError(f"--context-tokens {args.context_tokens}: expected a token budget of 2 or more (default 4096).")
         if args.adapter and not args.model:
             raise PrepError("--adapter needs --model with the base model folder it was trained on.")
         model_dir = args.model or latest_merged_model()

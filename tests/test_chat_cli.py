@@ -90,6 +90,13 @@ def test_empty_prompt_is_an_error_before_the_model_loads(chat, monkeypatch, caps
     assert err.startswith("error: --prompt") and err.count("\n") == 1 and not FakeSession.made
 
 
+def test_a_context_budget_below_two_tokens_names_its_option(chat, monkeypatch, capsys):
+    """--context-tokens -5 was reported as '--max-new-tokens 512 leaves no room for the prompt'."""
+    assert run_main(chat, monkeypatch, "--context-tokens", "-5", "--prompt", "你好") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --context-tokens -5: expected") and not FakeSession.made
+
+
 class TtyAtEof(io.StringIO):
     def isatty(self):
         return True
