@@ -112,8 +112,12 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built
     if model_built_first:
         pass
     elif _looks_local(model):
-        if not (Path(model).expanduser() / "config.json").is_file():
+        folder = Path(model).expanduser()
+        if not (folder / "config.json").is_file():
             raise PrepError(f"model folder '{model}' not found or has no config.json; pass --model with a local folder or a hub id.")
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")) and not any(folder.glob("*.safetensors.index.json")):
+            raise PrepError(f"model folder '{model}' has no weights (*.safetensors or *.bin); expected a complete model "
+                            "(a download or export that did not finish?).")
     elif os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(model):
         raise PrepError(f"model '{model}' is a hub id but HF_HUB_OFFLINE=1; download it first or pass --model with a local folder.")
     check_datasets(config, data_built_first)

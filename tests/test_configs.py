@@ -245,3 +245,17 @@ def test_a_bad_method_or_template_is_one_sentence_before_the_run(tiny_model, tmp
 
     with pytest.raises(PrepError, match=re.escape(message)):
         check_run(_checkable(tmp_path, tiny_model, **changes), tmp_path / "run", resume=False, force=False)
+
+
+def test_a_model_folder_without_weights_is_one_sentence_before_the_run(tiny_model, tmp_path):
+    """A model folder with config.json and the tokenizer but no weights (a download or export that did not finish)
+    passed the check and failed at train start with a traceback."""
+    import shutil
+
+    from prep.errors import PrepError
+    from prep.runs import check_run
+
+    partial = tmp_path / "partial model"
+    shutil.copytree(tiny_model, partial, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    with pytest.raises(PrepError, match="has no weights"):
+        check_run(_checkable(tmp_path, partial), tmp_path / "run", resume=False, force=False)
