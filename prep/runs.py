@@ -14,6 +14,8 @@ import math
 import os
 import platform
 import subprocess
+import types
+import typing
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -212,12 +214,63 @@ def _parse_with_llamafactory(config: dict) -> None:
     checked = dict(config)
     if _wants_gpu(checked):
         checked.pop("deepspeed", None)  # DeepSpeed itself is checked at launch, not by the parser
+    _check_value_types(checked)
     try:
         get_train_args(checked)
     except (ValueError, TypeError, KeyError, AssertionError) as err:  # (it asserts some choices, e.g. finetuning_type)
         raise PrepError(f"LLaMA-Factory rejects the config: {(str(err).splitlines() or [type(err).__name__])[0]}") from None
     except SystemExit:
         raise PrepError("LLaMA-Factory rejects the config (unknown or malformed keys).") from None
+
+
+def _argument_types() -> dict[str, object]:
+    """The type of every argument LLaMA-Factory's train parser takes, by name."""
+    import dataclasses
+
+    from llamafactory.hparams import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments
+    from llamafactory.hparams.training_args import TrainingArguments
+
+    classes = (ModelArguments, DataArguments, FinetuningArguments, GeneratingArguments, TrainingArguments)
+    return {field.name: field.type for cls in classes for field in dataclasses.fields(cls)}
+
+
+def _check_value_types(config: dict) -> None:
+    """Values of the wrong kind (max_steps: two, stage: sfr, learning_rate: 3e-3x), which LLaMA-Factory's parser
+    passes and training then fails on with a traceback, as one sentence naming the key. Only numbers, true/false and
+    fixed choices are checked; a key that also takes text is left to LLaMA-Factory."""
+    declared_types = _argument_types()
+    for key, value in config.items():
+        kinds = _kinds(declared_types.get(key))
+        literal = len(kinds) == 1 and typing.get_origin(kinds[0]) is typing.Literal
+        if value is None or not kinds or not (literal or set(kinds) <= {int, float, bool}):
+            continue
+        problem = _value_problem(value, kinds)
+        if problem:
+            raise PrepError(f"the config's {key}: {value!r} is not {problem}.")
+
+
+def _kinds(declared: object) -> list:
+    """The types a declared type allows, None left out (int | None -> [int]); [] for an unknown key."""
+    if declared is None:
+        return []
+    union = typing.get_origin(declared) in (typing.Union, types.UnionType)
+    return [kind for kind in (typing.get_args(declared) if union else [declared]) if kind is not type(None)]
+
+
+def _value_problem(value: object, kinds: list) -> str | None:
+    if typing.get_origin(kinds[0]) is typing.Literal:
+        choices = typing.get_args(kinds[0])
+        return None if value in choices else f"one of {', '.join(map(str, choices))}"
+    if bool in kinds:
+        return None if isinstance(value, bool) or str(value).lower() in ("true", "false") else "true or false"
+    number = int if float not in kinds else float
+    try:
+        if isinstance(value, bool) or (number is int and isinstance(value, float)):
+            raise ValueError
+        number(value)
+    except (TypeError, ValueError):
+        return "a whole number" if number is int else "a number"
+    return None
 
 
 def _visible_gpus() -> int:

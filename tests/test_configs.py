@@ -234,8 +234,12 @@ def test_a_failed_training_suggests_resume_only_when_there_is_a_checkpoint(tiny_
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"finetuning_type": "lroa"}, "LLaMA-Factory rejects the config: Invalid fine-tuning method."),
+    ({"finetuning_type": "lroa"}, "the config's finetuning_type: 'lroa' is not one of lora, oft, freeze, full."),
     ({"template": "llama33"}, "template 'llama33' is not one LLaMA-Factory knows; did you mean llama3"),
+    # values of the wrong kind pass LLaMA-Factory's parser and fail at train start with a traceback
+    ({"max_steps": "two"}, "the config's max_steps: 'two' is not a whole number."),
+    ({"stage": "sfr"}, "the config's stage: 'sfr' is not one of pt, sft, rm, ppo, dpo, kto."),
+    ({"learning_rate": "3e-3x"}, "the config's learning_rate: '3e-3x' is not a number."),
 ])
 def test_a_bad_method_or_template_is_one_sentence_before_the_run(tiny_model, tmp_path, changes, message):
     """finetuning_type: lroa was a traceback (an AssertionError) in the check; template: llama33 passed it and failed
