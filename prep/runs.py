@@ -359,7 +359,13 @@ def start_manifest(config: dict, run_dir: Path, command: str) -> Path:
 
 
 def finish_manifest(run_dir: Path, exit_code: int, stage: str) -> None:
+    """Record how a run ended in its manifest: only a run folder that holds one (a typo made a new 'finished' run)."""
+    path = Path(run_dir) / "run_manifest.json"
+    if not path.is_file():
+        raise PrepError(f"{run_dir}: no run_manifest.json; expected the folder of a run started by run_sft.sh.")
     manifest = _read_manifest(run_dir)
+    if not manifest:  # unreadable: keep it for a look rather than replace the config, commit and hashes it held
+        path.replace(path.with_name("run_manifest.unreadable.json"))
     manifest.update(
         status="finished" if exit_code == 0 else f"interrupted ({stage})" if exit_code == 130 else f"failed ({stage})",
         exit_code=exit_code,

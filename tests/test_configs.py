@@ -263,3 +263,18 @@ def test_a_model_folder_without_weights_is_one_sentence_before_the_run(tiny_mode
     shutil.copytree(tiny_model, partial, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     with pytest.raises(PrepError, match="has no weights"):
         check_run(_checkable(tmp_path, partial), tmp_path / "run", resume=False, force=False)
+
+
+def test_recording_the_end_of_a_run_needs_its_manifest_and_keeps_an_unreadable_one(tmp_path):
+    """prep run-finish on a mistyped folder made it a new 'finished' run (which run_sft.sh then refused to reuse); on
+    an unreadable manifest it replaced the config, commit and dataset hashes it held without a word."""
+    from prep.errors import PrepError
+    from prep.runs import finish_manifest
+
+    with pytest.raises(PrepError, match="no run_manifest.json"):
+        finish_manifest(tmp_path / "typo", 0, "train")
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "run_manifest.json").write_text('{"config": {"lr": 1', encoding="utf-8")
+    finish_manifest(tmp_path, 130, "train")
+    assert (tmp_path / "run_manifest.unreadable.json").read_text(encoding="utf-8") == '{"config": {"lr": 1'
+    assert json.loads((tmp_path / "run_manifest.json").read_text(encoding="utf-8"))["status"] == "interrupted (train)"
