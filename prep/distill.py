@@ -221,6 +221,14 @@ def read_journal(path: Path) -> dict[str, dict]:
     return entries
 
 
+
+def _with_cause(err: BaseException) -> str:
+    """The error and what lies under it: the aiohttp transport reports a refused connection as "Request timed out."."""
+    root = err
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__
+    return str(err) if root is err else f"{err} ({type(root).__name__}: {root})"
+
 def parse_answer(text: str, multi_turn: bool, finish_reason: str | None) -> tuple[str, list[list[dict]]]:
     """Status and conversations found in a teacher's answer (complete ones only)."""
     parsed = parse_dialogues(text) if multi_turn else parse_text(text)
@@ -440,7 +448,7 @@ class Distiller:
                 if status == 429:
                     self._pause_for(err.response.headers.get("retry-after"), attempt)
             except (openai.APITimeoutError, openai.APIConnectionError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
-                last_error = f"{type(err).__name__}: {_redact(err, self.api_key)[:300]}"
+                last_error = f"{type(err).__name__}: {_redact(_with_cause(err), self.api_key)[:300]}"
             except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as err:
                 last_error = f"malformed response: {_redact(err, self.api_key)[:300]}"
             if attempt < self.config.max_attempts:

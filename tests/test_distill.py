@@ -372,6 +372,11 @@ def test_inputs_and_options_that_cannot_work_are_one_sentence(tmp_path):
         result = subprocess.run([sys.executable, "-m", "prep.cli", "distill", "--out", str(tmp_path / "j.jsonl"), "--base-url", url,
                                  "--requests", "2"], capture_output=True, text=True, timeout=120, env={**os.environ, "OPENAI_API_KEY": SECRET})
     assert result.returncode == 3 and "every request failed (HTTP 400" in result.stderr and "Traceback" not in result.stderr
+    # A refused connection was reported as "Request timed out." alone (the aiohttp transport's word for it)
+    result = subprocess.run([sys.executable, "-m", "prep.cli", "distill", "--out", str(tmp_path / "r.jsonl"), "--base-url",
+                             "http://127.0.0.1:9/v1", "--requests", "1", "--max-attempts", "1"], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "OPENAI_API_KEY": SECRET})
+    assert result.returncode == 3 and "ConnectionRefusedError" in result.stderr, result.stderr
 
 
 def test_an_upload_that_never_became_a_batch_holds_nothing_back(tmp_path):
