@@ -97,7 +97,10 @@ def read_yaml_mapping(path: Path, option: str) -> dict:
     try:
         data = yaml.safe_load(read_input(path, option))  # UTF-8 with or without BOM, GBK: as the data readers decode
     except yaml.YAMLError as err:
-        raise PrepError(f"{option} {path}: not valid YAML ({type(err).__name__}).") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = f": {err.problem}" if getattr(err, "problem", None) else ""
+        raise PrepError(f"{option} {path}: not valid YAML{where} ({type(err).__name__}{problem}).") from None
     if not isinstance(data, dict):
         raise PrepError(f"{option} {path}: expected a YAML mapping.")
     return data

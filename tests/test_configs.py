@@ -278,3 +278,13 @@ def test_recording_the_end_of_a_run_needs_its_manifest_and_keeps_an_unreadable_o
     finish_manifest(tmp_path, 130, "train")
     assert (tmp_path / "run_manifest.unreadable.json").read_text(encoding="utf-8") == '{"config": {"lr": 1'
     assert json.loads((tmp_path / "run_manifest.json").read_text(encoding="utf-8"))["status"] == "interrupted (train)"
+
+
+def test_a_yaml_syntax_error_names_its_line(tmp_path):
+    """A broken config said only 'not valid YAML (ScannerError)': no line to look at."""
+    from prep.errors import PrepError
+    from prep.fsutil import read_yaml_mapping
+
+    (tmp_path / "bad.yaml").write_text("model_name_or_path: x\nstage: sft\n  bad: [1,\n", encoding="utf-8")
+    with pytest.raises(PrepError, match=r"not valid YAML at line 3, column 6 \(ScannerError: mapping values are not allowed here\)"):
+        read_yaml_mapping(tmp_path / "bad.yaml", "--config")
