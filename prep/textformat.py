@@ -176,13 +176,14 @@ def _dialogues(chunks: list[str]) -> list[ParsedConversation]:
 
 
 # A heading that numbers a whole dialogue, with or without a title: 第2段对话：, **对话 3**：, 【对话四】, ### 对话5：失眠的
-# 大学生, 对话6 亲子冲突, Dialogue 7: Exam stress, Conversation 8 – Anxiety, 🌱 对话9, 对话 (10), 对话 11/20, 第十二段：,
-# Dialogue Thirteen. 第2轮 numbers a turn and is not one; Example 1 may number examples inside one answer.
+# 大学生, 对话6 亲子冲突, Dialogue 7: Exam stress, Conversation 8 – Anxiety, 🌱 对话9, 对话 (10), 对话 11/20,
+# Dialogue Thirteen. 第2轮 numbers a turn and is not one; Example 1 may number examples inside one answer, and 第一组： /
+# 第一段： alone the steps of an answer (做两组：第一组：腹式呼吸 …).
 _ENGLISH_NUMBERS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
                     "seventeen eighteen nineteen twenty").split()
 _HEADING_NUMBER = rf"[(（]?[ \t]*({_NUMBER}|{'|'.join(_ENGLISH_NUMBERS)})[ \t]*[)）]?(?:[ \t]*/[ \t]*\d+)?"
 _DIALOGUE_HEADING = re.compile(
-    rf"(?:[^\w\n]|_)*(?:第[ \t]*({_NUMBER})[ \t]*(?:[组段个][ \t]*(?:心理咨询|咨询|模拟)?(?:对话|问答)|[组段](?=[^\w]|$))"
+    rf"(?:[^\w\n]|_)*(?:第[ \t]*({_NUMBER})[ \t]*[组段个][ \t]*(?:心理咨询|咨询|模拟)?(?:对话|问答)"
     rf"|(?:模拟|心理咨询|咨询)?(?:对话|dialogue|conversation)[ \t]*(?:#[ \t]*)?{_HEADING_NUMBER}(?![\w]))"
     r"[】\]*_ \t]*(?:[:：\-–—.、（( \t][^\n]*)?", re.IGNORECASE)
 _HEADING_MAX_CHARS = 80  # a title is a few words; a longer line is text (and the pattern never meets a huge line)

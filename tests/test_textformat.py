@@ -129,8 +129,8 @@ def test_numbered_dialogues_with_titles_settings_a_system_line_or_a_cut_off_last
     the length limit lost every dialogue in it; a broken middle dialogue merged the others into it."""
     for heading in ("### 对话{n}：失眠的大学生", "**对话{n}：考试焦虑**", "Conversation {n} – Anxiety", "Dialogue {n}: Exam stress",
                     "对话 {n}（失眠）", "**对话 {n}**：", "【对话{n}】", "模拟对话{n}：", "对话{n}：亲子冲突",
-                    # the third review's: emoji, "n of 2", a number in brackets, 第n段 alone, English words
-                    "🌱 对话{n}", "📌**对话{n}：失眠**", "对话 {n}/2", "对话 {n} / 2：考试", "对话（{n}）", "## 第{n}段：", "第{n}组",
+                    # the third review's: emoji, "n of 2", a number in brackets, English words
+                    "🌱 对话{n}", "📌**对话{n}：失眠**", "对话 {n}/2", "对话 {n} / 2：考试", "对话（{n}）",
                     "Dialogue {w}: Exam stress"):
         first, second = (heading.format(n=n, w=word) for n, word in ((1, "One"), (2, "Two")))
         text = first + "\n用户：我睡不着\n助手：能说说吗？\n\n" + second + "\n背景：来访者是高三学生\n用户：我和妈妈吵架了\n助手：听起来很难受。"
@@ -142,6 +142,10 @@ def test_numbered_dialogues_with_titles_settings_a_system_line_or_a_cut_off_last
     assert [p.error for p in parse_dialogues(cut_off)] == [None, None, "truncated"]
     broken = "对话1：\n用户：甲\n助手：乙\n用户：丙\n\n对话2：\n用户：丁\n助手：戊"
     assert [(p.error, len(p.turns)) for p in parse_dialogues(broken)] == [("bad_roles", 3), (None, 2)]
+    # 第一组： / 第一段： lines are an answer's steps, not dialogue headings: the two dialogues stay two.
+    steps = ("对话1：失眠\n用户：我最近总是睡不着。\n助手：每天睡前做两组：\n第一组：腹式呼吸。\n第二组：肌肉放松。\n用户：好的。\n助手：坚持一周。\n\n"
+             "对话2：考试焦虑\n用户：下周考试我好紧张。\n助手：紧张是正常的。")
+    assert [len(p.turns) for p in parse_dialogues(steps)] == [4, 2]
     # A list of the titles before the dialogues counts 1, 2 once already; the dialogues start at the last 对话1.
     contents = "以下是2段对话：\n- 对话1：失眠\n- 对话2：亲子\n\n"
     dialogues = "### 对话1：失眠\n用户：我睡不着\n助手：能说说吗？\n### 对话2：亲子\n用户：我和妈妈吵架了\n助手：听起来很难受。"
