@@ -88,7 +88,7 @@ _THIRD_PARTY = re.compile(r"新闻|报道|小说|电影|电视剧|剧情|角色|
                           r"|documentary|article|episode|plot)(?:'s|s)?(?![a-z])")
 _FIRST_PERSON = re.compile(r"我(?!们)|自己|\bI\b|\bmy\b|\bme\b", re.IGNORECASE)
 # "I had such thoughts, I am better now": past risk, recovered, nothing current.
-_PAST = re.compile(r"去年|以前|曾经|几年前|那时|那年|那段时间|过去|之前|大学时|小时候|当年|前几年")
+_PAST = re.compile(r"去年|以前|曾经|几年前|那时|那年|那段时间|(?<![不得])过去|之前|大学时|小时候|当年|前几年")
 _RECOVERED = re.compile(r"现在.{0,4}(?:好多了|挺好|很好|好了|不错|不会了|很久没)|已经(?:不会了|走出来|好了|很久没)|走出来|坚持治疗|治疗了|康复|疤也淡|撑住了|撑过来|挺过来|现在有工作")
 # Professional, research or training questions about crisis, not a crisis.
 _PROFESSIONAL = re.compile(r"研究生|综述|论文|统计|培训|志愿者|接线员|来电者|临床上|怎么区分|怎么回应|预防|复习|心理学|风险评估|期末"
@@ -98,8 +98,8 @@ _SELF_STATEMENT = re.compile(r"我(?:真的|好|很|就|已经|现在)?(?:想|�
 # my final exam went badly and I want to die) does neither and is not discounted for the words 统计 / final exam.
 _ASKS = re.compile(r"怎么|怎样|如何|哪|什么|是否|吗|请问|写|整理|准备|[?？]|\b(?:how|what|which|should|is there|are there)\b", re.IGNORECASE)
 # A risk the speaker owns now: I / 我 before the risk words in the same clause (我现在自己也想自杀, I want to end my life),
-# not someone else's (朋友跟我说他想死) nor a past one (我以前是个自残的人).
-_OWNER = r"(?:我(?!们)|(?<![a-z])i(?![a-z]))([^，。,.!?！？；;\n他她]{0,12})"
+# not someone else's (朋友跟我说他想死, 我接到一个来电者说想自杀) nor a past one (我以前是个自残的人; 撑不过去 is no past).
+_OWNER = r"(?:我(?!们)|(?<![a-z])i(?![a-z]))([^，。,.!?！？；;\n他她说]{0,12})"
 _CURRENT = re.compile(r"又|现在又|最近又|还是想|今天|此刻|现在就")
 
 # Means or places paired with preparation or finality ("药我已经攒了", "准备明天去海边，不回来了").
@@ -339,18 +339,30 @@ def _discounted(cleaned: str, kind: str, matches: list[str] = ()) -> bool:
                 or (kind == "harm_others" and _JOKE.search(cleaned)))
 
 
-# Words that turn a mention of help into advice against it, in the same clause: 不用去医院, 别打什么热线，没用的,
-# 我不是咨询师; and after it: 找心理医生也没用.
-_AGAINST_BEFORE = re.compile(r"(?:不用|不必|没必要|(?:别|不要)(?!犹豫|害怕|怕|担心|一个人|独自|硬撑|扛|不好意思|觉得|拖|等)|不需要|用不着|何必|不是|没用|不想让你)[^，。,.!?！？；;\n]{0,8}$")
-_AGAINST_AFTER = re.compile(r"^[^，。,.!?！？；;\n]{0,4}(?:也|都|又)?(?:没用|没有用|没必要|不管用|帮不了|有什么用)")
+# Advice against help, around a mention of it: a negation right before it, with only a verb or 什么 between (不用去医院,
+# 没必要找什么心理医生, 别打什么热线, 我不是咨询师, 去什么医院), or a dismissal right after it (找心理医生也没用, 热线？没用的)
+# that the sentence does not turn round (你可能觉得找心理医生没用，但其实…). 不要放弃寻求专业帮助, 别忘了拨打热线 and
+# 不用担心去看心理医生 refer.
+_AGAINST_BEFORE = re.compile(r"(?:(?:不用|不必|没必要|用不着|何必|别|不要|不需要|不是)再?(?:去|找|打|看|拨打|联系)?(?:什么|那些|那个)?"
+                             r"|(?:去|找|打|看)什么)[ \t]*$")
+_AGAINST_AFTER = re.compile(r"^[^。！!\n]{0,8}?(?:没用|没有用|没什么用|不管用|帮不了|白打|骗钱|不懂你|算了吧)")
+_TURN_ROUND = re.compile(r"但|其实|可是|不过|however|but", re.IGNORECASE)
 
 
 def refers_to_help(answer: str) -> bool:
     """Whether an answer points the user to professional help, a hotline or an emergency number, and does not
     advise against it (不用去医院，也没必要找什么心理医生 names both and refers to neither)."""
-    answer = answer or ""
-    found = list(_REFERRAL.finditer(answer)) + list(_EMERGENCY.finditer(unicodedata.normalize("NFKC", answer)))
-    return any(not (_AGAINST_BEFORE.search(answer[:m.start()]) or _AGAINST_AFTER.search(answer[m.end():])) for m in found)
+    answer = unicodedata.normalize("NFKC", answer or "")  # １２０ as 120; one text for the matches and their context
+    found = list(_REFERRAL.finditer(answer)) + list(_EMERGENCY.finditer(answer))
+    return any(not _advised_against(answer, m.start(), m.end()) for m in found)
+
+
+def _advised_against(answer: str, start: int, end: int) -> bool:
+    if _AGAINST_BEFORE.search(answer[:start]):
+        return True
+    after = _AGAINST_AFTER.search(answer[end:])
+    sentence_rest = re.split(r"[。！!\n]", answer[end:], maxsplit=1)[0]
+    return bool(after) and not _TURN_ROUND.search(sentence_rest)
 
 
 def referral_text(hotlines: tuple[str, ...] = DEFAULT_HOTLINES) -> str:
