@@ -261,14 +261,14 @@ def _value_problem(value: object, kinds: list) -> str | None:
     if typing.get_origin(kinds[0]) is typing.Literal:
         choices = typing.get_args(kinds[0])
         return None if value in choices else f"one of {', '.join(map(str, choices))}"
-    if bool in kinds:
-        return None if isinstance(value, bool) or str(value).lower() in ("true", "false") else "true or false"
+    if bool in kinds:  # (1 and 0 work as true and false)
+        return None if value in (True, False) or str(value).lower() in ("true", "false") else "true or false"
     number = int if float not in kinds else float
     try:
-        if isinstance(value, bool) or (number is int and isinstance(value, float)):
+        if isinstance(value, bool) or (number is int and not float(value).is_integer()):  # 16.0 is a whole number
             raise ValueError
-        number(value)
-    except (TypeError, ValueError):
+        number(float(value)) if number is int else number(value)
+    except (TypeError, ValueError, OverflowError):
         return "a whole number" if number is int else "a number"
     return None
 

@@ -288,3 +288,14 @@ def test_a_yaml_syntax_error_names_its_line(tmp_path):
     (tmp_path / "bad.yaml").write_text("model_name_or_path: x\nstage: sft\n  bad: [1,\n", encoding="utf-8")
     with pytest.raises(PrepError, match=r"not valid YAML at line 3, column 6 \(ScannerError: mapping values are not allowed here\)"):
         read_yaml_mapping(tmp_path / "bad.yaml", "--config")
+
+
+def test_values_llamafactory_takes_are_not_refused_by_the_kind_check():
+    """The kind check must not refuse what works: 16.0 for a whole number, 1/0 for true/false, 3e-3 as PyYAML reads it
+    (a string), and every bundled config."""
+    from prep.runs import _check_value_types
+
+    for path in sorted((ROOT / "factory_configs").glob("*.yaml")):
+        _check_value_types(yaml.safe_load(path.read_text(encoding="utf-8")))
+    _check_value_types({"lora_alpha": 16.0, "fp16": 0, "bf16": 1, "learning_rate": "3e-3", "lr_scheduler_type": "cosine_with_restarts",
+                        "report_to": "none", "lora_target": "all", "max_samples": None})
