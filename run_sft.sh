@@ -174,7 +174,7 @@ finish() {  # record the end of the run; signals are ignored meanwhile, so a sec
   prep run-finish "$RUN_DIR" "$@"
 }
 # Ctrl-C or kill: the manifest says so (not 'running' for ever), and --resume continues from the last checkpoint.
-trap 'trap "" "${SIGNALS[@]}"; stop_stage; finish --exit-code 130 --stage "$STAGE"; die 130 "interrupted during $STAGE; re-run with --resume to continue from the last checkpoint."' "${SIGNALS[@]}"
+trap 'trap "" "${SIGNALS[@]}"; stop_stage; finish --exit-code 130 --stage "$STAGE"; die 130 "interrupted during $STAGE; $(rerun_hint)."' "${SIGNALS[@]}"
 
 step "LoRA SFT: llamafactory-cli train $RUN_DIR/run_config.yaml"
 if ! run_stage llamafactory-cli train "$RUN_DIR/run_config.yaml"; then

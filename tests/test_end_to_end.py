@@ -245,7 +245,9 @@ def test_run_sft_resume_continues_from_the_last_checkpoint(tmp_path, tiny_model)
             job.kill()
         manifest = json.loads((repo / "runs" / name / "run_manifest.json").read_text(encoding="utf-8"))
         assert job.returncode == 130 and manifest["status"] == "interrupted (train)", (name, job.returncode, manifest["status"], stderr[-1500:])
-        assert "re-run with --resume" in stderr
+        # --resume is offered only when there is a checkpoint to continue from (it then failed), --force otherwise
+        checkpoint = any((repo / "runs" / name / "lora").glob("checkpoint-*"))
+        assert ("re-run with --resume" if checkpoint else "re-run with --force to start over") in stderr, stderr[-800:]
         steps = [json.loads(line)["current_steps"] for line in log.read_text(encoding="utf-8").splitlines()]
         assert max(steps) < 2000, name  # stopped, not run to the end
 
