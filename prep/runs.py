@@ -224,14 +224,18 @@ def _parse_with_llamafactory(config: dict) -> None:
 
 
 def _argument_types() -> dict[str, object]:
-    """The type of every argument LLaMA-Factory's train parser takes, by name."""
-    import dataclasses
-
+    """The declared type of every argument LLaMA-Factory's train parser takes, by name: from the classes' annotations,
+    not their fields (HfArgumentParser rewrites a field's type in place once it has seen it: str | bool becomes bool)."""
     from llamafactory.hparams import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments
     from llamafactory.hparams.training_args import TrainingArguments
 
-    classes = (ModelArguments, DataArguments, FinetuningArguments, GeneratingArguments, TrainingArguments)
-    return {field.name: field.type for cls in classes for field in dataclasses.fields(cls)}
+    declared: dict[str, object] = {}
+    for cls in (ModelArguments, DataArguments, FinetuningArguments, GeneratingArguments, TrainingArguments):
+        try:
+            declared.update(typing.get_type_hints(cls))
+        except Exception:  # noqa: BLE001 - an annotation that does not resolve: leave that class to LLaMA-Factory
+            continue
+    return declared
 
 
 def _check_value_types(config: dict) -> None:
