@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shlex
 import shutil
 import subprocess
 import sys
@@ -210,7 +211,9 @@ def test_run_sft_resume_continues_from_the_last_checkpoint(tmp_path, tiny_model)
     assert (run / "merged" / "config.json").is_file() and (run / "merge_config.yaml").is_file()
     resumed = sft("--config", config("long.yaml", 30), "--resume", "--no-merge")
     assert "Resuming training from runs/r #1: 中文/lora/checkpoint-20" in resumed.stdout + resumed.stderr
-    assert f"python chat.py --model BASE_MODEL --adapter runs/r #1: 中文/lora" in resumed.stdout  # flags chat.py has
+    # the hint names flags chat.py has, and its path, shell-quoted, pastes whole (a folder with spaces and #)
+    hint = resumed.stdout.split("not merged: ", 1)[1].split("\n", 1)[0].rsplit(")", 1)[0]
+    assert shlex.split(hint) == ["python", "chat.py", "--model", "BASE_MODEL", "--adapter", "runs/r #1: 中文/lora"], hint
     state = json.loads((run / "lora" / "trainer_state.json").read_text(encoding="utf-8"))
     assert state["global_step"] == 30
     log = [json.loads(line) for line in (run / "lora" / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
