@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prep.errors import PrepError
+from prep.fsutil import has_model_weights
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
 from prep.safety import DEFAULT_HOTLINES, detect_crisis, ensure_referral, prepare_detector
 
@@ -114,12 +115,8 @@ def latest_merged_model(runs_dir: Path = RUNS_DIR) -> Path:
     candidates = [p.parent for p in Path(runs_dir).glob("*/merged/config.json")]
     if not candidates:
         raise PrepError(f"no merged model under {runs_dir}; run 'bash run_sft.sh demo' first or pass --model DIR.")
-    finished = [p for p in candidates if _has_weights(p)] or candidates  # (none finished: check_model_dir says why)
+    finished = [p for p in candidates if has_model_weights(p)] or candidates  # (none finished: check_model_dir says why)
     return max(finished, key=lambda p: (p / "config.json").stat().st_mtime)
-
-
-def _has_weights(path: Path) -> bool:
-    return any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
 
 
 def _loaded(path: Path, what: str, load, *args, **kwargs):
@@ -140,7 +137,7 @@ def check_model_dir(path: Path) -> Path:
         raise PrepError(f"{path}: no such model folder; expected a merged model (llamafactory-cli export output).")
     if not (path / "config.json").exists():
         raise PrepError(f"{path}: no config.json; the folder is not a finished model export.")
-    if not _has_weights(path):
+    if not has_model_weights(path):
         raise PrepError(f"{path}: no weights (*.safetensors); the export did not finish.")
     if not (path / "tokenizer_config.json").exists():
         raise PrepError(f"{path}: no tokenizer; expected tokenizer files next to the weights.")

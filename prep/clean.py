@@ -64,11 +64,11 @@ _PARK = {ord(ch): 0xF0000 + ord(ch) for ch in _KEEP_FULLWIDTH | _KEEP_AS_WRITTEN
 _UNPARK = {v: k for k, v in _PARK.items()}
 
 
-
 def _excerpt(rec: Conversation) -> str:
     """What a rejected row keeps to be looked at: every turn (the answer that lacked a referral, the repetitive one), in
     the <s>Human: text format prep build reads back; cut at 2,000 characters when written."""
     return format_text(rec.turns)
+
 
 def nfkc_keep_chinese_punctuation(text: str) -> str:
     """NFKC (full-width letters and digits, compatibility forms) that leaves ，！？：（）, …… and ① alone."""

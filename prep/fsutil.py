@@ -117,3 +117,8 @@ def atomic_write_json(path: Path, obj: Any, mode: int | None = None) -> None:
     orjson: the standard library's indenting encoder is pure Python, seconds for a 100k-row dataset.
     """
     atomic_write_bytes(path, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n", mode)
+
+
+def has_model_weights(folder: Path) -> bool:
+    """Whether a model folder holds its weights (*.safetensors shards or *.bin), not only config and tokenizer."""
+    return any(Path(folder).glob("*.safetensors")) or any(Path(folder).glob("*.bin"))

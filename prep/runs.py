@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from prep.errors import PrepError
-from prep.fsutil import atomic_write_json, atomic_write_text, read_yaml_mapping
+from prep.fsutil import atomic_write_json, atomic_write_text, has_model_weights, read_yaml_mapping
 from prep.readers.decode import json_lines, read_input
 from prep.writers import registry_entries
 
@@ -117,7 +117,7 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built
         folder = Path(model).expanduser()
         if not (folder / "config.json").is_file():
             raise PrepError(f"model folder '{model}' not found or has no config.json; pass --model with a local folder or a hub id.")
-        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")) and not any(folder.glob("*.safetensors.index.json")):
+        if not has_model_weights(folder) and not any(folder.glob("*.safetensors.index.json")):
             raise PrepError(f"model folder '{model}' has no weights (*.safetensors or *.bin); expected a complete model "
                             "(a download or export that did not finish?).")
     elif os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(model):
@@ -267,13 +267,13 @@ def _value_problem(value: object, kinds: list) -> str | None:
         return None if value in choices else f"one of {', '.join(map(str, choices))}"
     if bool in kinds:  # (1 and 0 work as true and false)
         return None if value in (True, False) or str(value).lower() in ("true", "false") else "true or false"
-    number = int if float not in kinds else float
+    whole = float not in kinds
     try:
-        if isinstance(value, bool) or (number is int and not float(value).is_integer()):  # 16.0 is a whole number
-            raise ValueError
-        number(float(value)) if number is int else number(value)
-    except (TypeError, ValueError, OverflowError):
-        return "a whole number" if number is int else "a number"
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(value, bool) or (whole and not number.is_integer()):  # 16.0 is a whole number
+        return "a whole number" if whole else "a number"
     return None
 
 

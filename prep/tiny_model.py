@@ -179,11 +179,16 @@ def is_tiny_model(folder: Path) -> bool:
         return False
 
 
+def _may_hold_tiny_model(folder: Path) -> bool:
+    """A new or empty folder, or one holding a tiny model: never a real model's."""
+    return not folder.exists() or (folder.is_dir() and (not any(folder.iterdir()) or is_tiny_model(folder)))
+
+
 def check_tiny_model_folder(folder: Path) -> None:
     """A tiny model is written only into a new or empty folder, or over a tiny model: never over a real model."""
     if folder.exists() and not folder.is_dir():
         raise PrepError(f"{folder} is a file; the tiny model needs a folder.")
-    if folder.is_dir() and any(folder.iterdir()) and not is_tiny_model(folder):
+    if not _may_hold_tiny_model(folder):
         raise PrepError(f"{folder} is not empty and holds no tiny model built by prep tiny-model; "
                         "it is not overwritten, pick a new folder.")
 
@@ -196,7 +201,7 @@ def demo_model_folder(model: str) -> Path:
     if not folder.exists() and hub_like and folder.parts[0] != "models":
         raise PrepError(f"demo: model '{model}' looks like a hub id, and the demo builds its tiny random model only "
                         "into a local folder; run without demo to train it, or write ./" + model + " for a local folder.")
-    if folder.exists() and not (folder.is_dir() and (is_tiny_model(folder) or not any(folder.iterdir()))):
+    if not _may_hold_tiny_model(folder):
         raise PrepError(f"demo: model '{model}' is not a tiny model built by prep, and the demo would overwrite it with "
                         "random weights; pass --model " + model + " to train it as it is, or run without demo.")
     return folder
