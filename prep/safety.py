@@ -97,9 +97,21 @@ _SELF_STATEMENT = re.compile(r"我(?:真的|好|很|就|已经|现在)?(?:想|�
 # A professional's message asks or sets a task; a student's or statistician's own crisis (我做统计工作的，最近一直想割腕,
 # my final exam went badly and I want to die) does neither and is not discounted for the words 统计 / final exam.
 _ASKS = re.compile(r"怎么|怎样|如何|哪|什么|是否|吗|请问|写|整理|准备|[?？]|\b(?:how|what|which|should|is there|are there)\b", re.IGNORECASE)
-# A risk the speaker owns now: I / 我 before the risk words in the same clause (我现在自己也想自杀, I want to end my life),
-# not someone else's (朋友跟我说他想死, 我接到一个来电者说想自杀) nor a past one (我以前是个自残的人; 撑不过去 is no past).
-_OWNER = r"(?:我(?!们)|(?<![a-z])i(?![a-z]))([^，。,.!?！？；;\n他她说]{0,12})"
+# A risk the speaker owns now, in the clause that names it: after 我 / I with nobody else and no study, question or
+# quotation between (我现在自己也想自杀, I want to end my life; not 朋友跟我说他想死, 我接到一个来电者说想自杀, 我在写关于自杀
+# 的论文, 接到说“我想死”的来电), nor a past one (那时候我很想死; 撑不过去 is no past). Chinese drops the subject: with no
+# 我 in the clause (我做统计工作的，最近一直想割腕), a short clause with none of those words is the speaker's when the
+# message is in the first person. Not when the risk words name a topic (想自杀的人, 自杀风险, 自伤行为).
+_CLAUSE_BREAK = re.compile(r"[，。,.!?！？；;：:\n]")
+_SPEAKER = re.compile(r"我(?!们)|(?<![a-z])i(?![a-z])")
+_NOT_THE_SPEAKER = re.compile(r"他|她|它|们|人|者|生|友|子|客|患|儿|女|妈|爸|谁|说|问|听|遇|看到|是否|会不会|如何|怎么|怎样|哪"
+                              r"|什么|判断|评估|统计|研究|写|了解|学|关于|讲|读|查|找|做|处理|识别|预防|干预"
+                              r"|(?<![a-z])(?:he|she|they|his|her|their|someone|people|about)(?![a-z])")
+_QUOTED = re.compile(r"说|[\"“”「」『』]")
+_RISK_AS_TOPIC = re.compile(r"的(?!念头|想法|冲动)|风险|率|预防|干预|行为|研究|量表|评估|意念|倾向|相关|话题|题材|案例|者|未遂"
+                            r"|幸存|来电|电话|新闻|事件|案")
+_LEAD_CHARS = 12
+_IMPLIED_LEAD_CHARS = 10
 _CURRENT = re.compile(r"又|现在又|最近又|还是想|今天|此刻|现在就")
 
 # Means or places paired with preparation or finality ("药我已经攒了", "准备明天去海边，不回来了").
@@ -309,10 +321,13 @@ def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
     """Lexicon hits the classifier does not rule out (``score >= floor``) or the classifier's score alone
     (``score >= threshold``), then the discounts for news, professionals and past risk, unless the classifier
     is sure (``score >= DISCOUNT_CEILING``)."""
-    if score < floor:  # the classifier rules the lexicon out: no need to run it (most windows of a long message)
-        self_harm, harm_others = [], []
-    else:
+    if score >= floor:
         self_harm, harm_others = _lexicon_hits(cleaned)
+    elif _PROFESSIONAL.search(cleaned):  # a professional's own risk, told as one (the classifier learnt 论文 as safe)
+        self_harm, harm_others = _lexicon_hits(cleaned)
+        self_harm, harm_others = (self_harm, []) if self_harm and _owns_risk(cleaned, self_harm) else ([], [])
+    else:  # the classifier rules the lexicon out: no need to run it (most windows of a long message)
+        self_harm, harm_others = [], []
     # The classifier alone does not decide on a few characters (你好, 谢谢, 晚安 sit near farewells in its data).
     learned = score >= LEARNED_THRESHOLD and len(_NON_SPACE.sub("", cleaned)) >= LEARNED_MIN_CHARS
     if not self_harm and not harm_others and not learned:
@@ -325,8 +340,23 @@ def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
 
 
 def _owns_risk(cleaned: str, matches: list[str]) -> bool:
-    owned = (found for match in matches for found in re.finditer(_OWNER + re.escape(match), cleaned))
-    return any(not _PAST.search(found.group(1)) for found in owned)
+    """Whether one of the risks the lexicon found is the speaker's own, now (see ``_SPEAKER``)."""
+    return any(_speaker_owns(cleaned, found) for match in matches for found in re.finditer(re.escape(match), cleaned))
+
+
+def _speaker_owns(cleaned: str, found: re.Match) -> bool:
+    breaks_before = list(_CLAUSE_BREAK.finditer(cleaned, 0, found.start()))
+    break_after = _CLAUSE_BREAK.search(cleaned, found.end())
+    before = cleaned[breaks_before[-1].end() if breaks_before else 0:found.start()]
+    after = cleaned[found.end():break_after.start() if break_after else len(cleaned)]
+    if _RISK_AS_TOPIC.match(after) or _PAST.search(before) or _QUOTED.search(before):
+        return False
+    speakers = list(_SPEAKER.finditer(before))
+    if speakers:
+        lead = before[speakers[-1].end():]
+        return len(lead) <= _LEAD_CHARS and not _NOT_THE_SPEAKER.search(lead)
+    return bool(len(before) <= _IMPLIED_LEAD_CHARS and _FIRST_PERSON.search(cleaned)
+                and not _NOT_THE_SPEAKER.search(f"{before} {after}"))
 
 
 def _discounted(cleaned: str, kind: str, matches: list[str] = ()) -> bool:
