@@ -40,8 +40,11 @@ DIALOGUE_SEPARATOR = re.compile(r"^[^\S\n]*#{3,}[^\S\n]*$", re.MULTILINE)
 # 这20组问答…, 希望以上对话对您有帮助, The above conversations…). A counsellor's own words (以上这些方法…对话,
 # 希望以上建议能让你们的对话更轻松, These conversations get easier) name no set and stay.
 _NUMBER = r"[\d一二三四五六七八九十百]+"
+# Words a teacher numbers its dialogues with besides 对话 (示例1：, Example 2:, Session 3): they cut only a series
+# numbered 1, 2, 3 … with no turn before the first, so examples numbered inside one answer stay in it.
+_EXAMPLE_NOUN = r"(?:dialogue|conversation|示例|样例|案例|example|sample|session)"
 _HEADING_LINE = re.compile(
-    rf"[#*\s]*(?:第\s*{_NUMBER}\s*[组段个轮]\s*(?:心理咨询|咨询|模拟)?(?:对话|问答)|(?:对话|问答|dialogue|conversation|example)\s*#?\s*{_NUMBER})"
+    rf"[#*\s]*(?:第\s*{_NUMBER}\s*[组段个轮]\s*(?:心理咨询|咨询|模拟)?(?:对话|问答)|(?:对话|问答|{_EXAMPLE_NOUN})\s*#?\s*{_NUMBER})"
     r"\s*[:：]?[#*\s]*", re.IGNORECASE)
 _SET_OF_DIALOGUES = rf"(?:{_NUMBER}\s*[组段个条轮]\s*)?(?:心理咨询|咨询|模拟|示例)?(?:对话|问答对?|示例|样例)"
 _OUTRO_LINE = re.compile(
@@ -177,14 +180,14 @@ def _dialogues(chunks: list[str]) -> list[ParsedConversation]:
 
 # A heading that numbers a whole dialogue, with or without a title: 第2段对话：, **对话 3**：, 【对话四】, ### 对话5：失眠的
 # 大学生, 对话6 亲子冲突, Dialogue 7: Exam stress, Conversation 8 – Anxiety, 🌱 对话9, 对话 (10), 对话 11/20,
-# Dialogue Thirteen. 第2轮 numbers a turn and is not one; Example 1 may number examples inside one answer, and 第一组： /
-# 第一段： alone the steps of an answer (做两组：第一组：腹式呼吸 …).
+# Dialogue Thirteen, 示例1：, Example 2, Session 3. 第2轮 numbers a turn and is not one; 第一组： / 第一段： alone the steps of
+# an answer (做两组：第一组：腹式呼吸 …).
 _ENGLISH_NUMBERS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
                     "seventeen eighteen nineteen twenty").split()
 _HEADING_NUMBER = rf"[(（]?[ \t]*({_NUMBER}|{'|'.join(_ENGLISH_NUMBERS)})[ \t]*[)）]?(?:[ \t]*/[ \t]*\d+)?"
 _DIALOGUE_HEADING = re.compile(
     rf"(?:[^\w\n]|_)*(?:第[ \t]*({_NUMBER})[ \t]*[组段个][ \t]*(?:心理咨询|咨询|模拟)?(?:对话|问答)"
-    rf"|(?:模拟|心理咨询|咨询)?(?:对话|dialogue|conversation)[ \t]*(?:#[ \t]*)?{_HEADING_NUMBER}(?![\w]))"
+    rf"|(?:模拟|心理咨询|咨询)?(?:对话|{_EXAMPLE_NOUN})[ \t]*(?:#[ \t]*)?{_HEADING_NUMBER}(?![\w]))"
     r"[】\]*_ \t]*(?:[:：\-–—.、（( \t][^\n]*)?", re.IGNORECASE)
 _HEADING_MAX_CHARS = 80  # a title is a few words; a longer line is text (and the pattern never meets a huge line)
 # A role label anywhere in a heading line: the dialogue's first turn written on the heading's line.

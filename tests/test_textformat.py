@@ -98,22 +98,27 @@ def test_numbered_dialogues_without_separators_are_cut_at_their_headings():
               "<s>Assistant: 我们试试放松。\n</s>\n\n第二段对话：\n<s>Human: 我和妈妈吵架了\n</s><s>Assistant: 听起来很难受。\n</s>")
     untagged = ("**对话1**\n用户：我最近睡不好\n助手：能说说吗？\n\n**对话2**\n用户：我和妈妈吵架了\n助手：听起来很难受。\n\n"
                 "以上是2组对话。")
-    for text in (tagged, untagged):
+    # Examples and sessions numbered 1, 2 … with nothing before them are dialogues too (they stayed one, with
+    # 示例2： / Session 2 inside the first answer).
+    examples = [f"{word}1：\n用户：我最近睡不好\n助手：能说说吗？\n\n{word}2：\n用户：我和妈妈吵架了\n助手：听起来很难受。"
+                for word in ("示例", "Example ", "Session ", "案例")]
+    for text in (tagged, untagged, *examples):
         parsed = parse_dialogues(text)
         assert [(p.error, p.turns[0].content, p.turns[-1].content) for p in parsed] == [
             (None, "我最近睡不好", "我们试试放松。" if text is tagged else "能说说吗？"), (None, "我和妈妈吵架了", "听起来很难受。")]
 
 
 def test_headings_that_do_not_number_whole_dialogues_never_cut_one():
-    """The reverted first attempt cut single dialogues at 第1轮对话 (a turn), at a 对话 1： line quoted in an answer and
-    at Example 1:; a heading series out of order does not cut either."""
+    """The reverted first attempt cut single dialogues at 第1轮对话 (a turn) and at a 对话 1： line quoted in an answer;
+    examples numbered inside an answer (Example 1:, 示例1：) and a heading series out of order do not cut either."""
     turns = "\n</s><s>Assistant: 嗯。\n</s><s>Human: "
     texts = [
         "第1轮对话：\n<s>Human: 我很累" + turns + "还是累\n</s><s>Assistant: 休息一下。\n</s>\n第2轮对话：\n<s>Human: 好点了"
         + "\n</s><s>Assistant: 很好。\n</s>",
         "<s>Human: 我不会开口" + turns + "怎么说？\n</s><s>Assistant: 可以这样练习：\n对话 1：\n你：妈妈，我想聊聊。\n"
         "对话 2：\n你：我最近压力很大。\n</s>",
-        "Example 1:\nUser: I feel low\nAssistant: I'm here.\nExample 2:\nUser: still low\nAssistant: Tell me more.",
+        "User: Any ways to relax?\nAssistant: Sure.\nExample 1: breathe in for four seconds.\nExample 2: relax each muscle.",
+        "用户：怎么跟室友沟通？\n助手：可以这样说。\n示例1：\n“能不能晚上小声点？”\n示例2：\n“我们定个作息表吧。”\n用户：好的。\n助手：不客气。",
         "对话2：\n<s>Human: 甲" + turns + "乙\n</s><s>Assistant: 丙\n</s>\n对话1：\n<s>Human: 丁\n</s><s>Assistant: 戊\n</s>",
     ]
     for text in texts:
