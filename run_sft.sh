@@ -162,24 +162,17 @@ stop_stage() {  # TERM to the stage's process group, KILL to what is left of it 
   wait "$CHILD" 2>/dev/null || true
   kill -KILL -- "-$CHILD" 2>/dev/null || true  # workers the stage's main process left behind
 }
-rerun_hint() {  # --resume only when there is a checkpoint to continue from
-  local checkpoint
-  for checkpoint in "$RUN_DIR"/lora/checkpoint-*; do
-    if [[ -d "$checkpoint" ]]; then echo "re-run with --resume to continue from the last checkpoint"; return; fi
-  done
-  echo "re-run with --force to start over (no checkpoint was saved to --resume from)"
-}
-finish() {  # record the end of the run; signals are ignored meanwhile, so a second Ctrl-C cannot leave it 'running'
-  trap '' "${SIGNALS[@]}"
-  prep run-finish "$RUN_DIR" "$@"
+finish() {  # record the end of the run; signals are ignored meanwhile, so a second Ctrl-C cannot leave it 'running'.
+  trap '' "${SIGNALS[@]}"  # HINT: after a failure, how to go on (--resume only with a checkpoint to continue from)
+  HINT=$(prep run-finish "$RUN_DIR" "$@")
 }
 # Ctrl-C or kill: the manifest says so (not 'running' for ever), and --resume continues from the last checkpoint.
-trap 'trap "" "${SIGNALS[@]}"; stop_stage; finish --exit-code 130 --stage "$STAGE"; die 130 "interrupted during $STAGE; $(rerun_hint)."' "${SIGNALS[@]}"
+trap 'trap "" "${SIGNALS[@]}"; stop_stage; finish --exit-code 130 --stage "$STAGE"; die 130 "interrupted during $STAGE; ${HINT:-re-run with --force to start over}."' "${SIGNALS[@]}"
 
 step "LoRA SFT: llamafactory-cli train $RUN_DIR/run_config.yaml"
 if ! run_stage llamafactory-cli train "$RUN_DIR/run_config.yaml"; then
   finish --exit-code 10 --stage train
-  die 10 "training failed (see the output above); fix it and $(rerun_hint)."
+  die 10 "training failed (see the output above); fix it and ${HINT:-re-run with --force to start over}."
 fi
 
 if (( MERGE )); then

@@ -151,10 +151,12 @@ def run_finish_command(
     exit_code: Annotated[int, typer.Option("--exit-code")] = 0,
     stage: Annotated[str, typer.Option("--stage")] = "train",
 ) -> None:
-    """Record the end of a run in its manifest."""
-    from prep.runs import finish_manifest
+    """Record the end of a run in its manifest (and, for a failed or interrupted run, print how to go on)."""
+    from prep.runs import finish_manifest, rerun_hint
 
     finish_manifest(run_dir, exit_code, stage)
+    if exit_code:
+        typer.echo(rerun_hint(run_dir))
 
 
 @app.command("report-run")

@@ -140,10 +140,11 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built
 
 
 def rerun_hint(run_dir: Path) -> str:
-    """How to go on after a run that stopped: --resume only when there is a checkpoint to continue from."""
-    if any((Path(run_dir) / "lora").glob("checkpoint-*")):
-        return "pass --resume to continue from its last checkpoint or --force to start over"
-    return "pass --force to start over (it saved no checkpoint to --resume from)"
+    """How to go on after a run that stopped: --resume only when there is a checkpoint to continue from. run_sft.sh
+    prints it too (``prep run-finish`` of a failed or interrupted run)."""
+    if any(path.is_dir() for path in (Path(run_dir) / "lora").glob("checkpoint-*")):
+        return "re-run with --resume to continue from its last checkpoint, or --force to start over"
+    return "re-run with --force to start over (it saved no checkpoint to --resume from)"
 
 
 def check_template(config: dict) -> None:

@@ -210,11 +210,11 @@ def test_an_interrupted_or_failed_run_is_redone_or_continued_only_when_asked(tin
     config, run = _checkable(tmp_path, tiny_model), tmp_path / "run"
     (run / "lora" / "checkpoint-100").mkdir(parents=True)
     (run / "run_manifest.json").write_text(json.dumps({"status": "failed (merge)"}), encoding="utf-8")
-    with pytest.raises(PrepError, match=r"ended failed \(merge\); pass --resume to continue from its last checkpoint or --force"):
+    with pytest.raises(PrepError, match=r"ended failed \(merge\); re-run with --resume to continue from its last checkpoint, or --force"):
         check_run(config, run, resume=False, force=False)
     (run / "lora" / "checkpoint-100").rmdir()
     (run / "run_manifest.json").write_text(json.dumps({"status": "interrupted (train)"}), encoding="utf-8")
-    with pytest.raises(PrepError, match=r"ended interrupted \(train\); pass --force to start over \(it saved no checkpoint"):
+    with pytest.raises(PrepError, match=r"ended interrupted \(train\); re-run with --force to start over \(it saved no checkpoint"):
         check_run(config, run, resume=False, force=False)
     check_run(config, run, resume=False, force=True)
 
