@@ -129,6 +129,8 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
     near = near_groups(hashes, options.dedup.split_threshold, options.dedup.num_perm) if hashes is not None and len(hashes) else None
     groups = split_groups(kept, near)
     train, test = split(kept, options.test_size, options.seed, groups)
+    # Reviewed answers first: LLaMA-Factory's max_samples trains a dataset's first rows (training shuffles anyway).
+    train = sorted(train, key=lambda rec: rec.provenance.origin != "feedback")
     if len(kept) + len(deduped.duplicates) + len(state.rejected) != rows_in:
         raise AssertionError("accounting invariant broken: rows_in != kept + duplicates + rejected")
     kept_tokens = [rec.meta["tokens"] for rec in kept] if tokens is not None else None  # counted by token_limit
@@ -137,11 +139,22 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
         raise PrepError(_nothing_to_train(options, report))
     warning = share_warning(len(kept), len(test), options.test_size, groups)
     report["warnings"] = [warning] if warning else []
+    overruled = _feedback_overruled(kept, deduped.duplicates)
+    if overruled:
+        report["warnings"].append(f"{overruled} reviewed answer{'s were' if overruled > 1 else ' was'} not kept: the question is a "
+                                  f"hand-labelled row's, which wins (a held-out item stays held out); see {options.name}_rejected.jsonl.")
     if not test:
         report["warnings"].append(f"no row held out for {options.name}_test; it is not registered (LLaMA-Factory "
                                   "refuses an empty dataset).")
     _write(options, train, test, deduped.duplicates + state.rejected, agreement.conflicts, report, kept, kept_tokens)
     return report
+
+
+def _feedback_overruled(kept: list[Conversation], duplicates: list[Rejected]) -> int:
+    """Reviewed answers (prep review's feedback) dropped as duplicates of hand-labelled rows."""
+    labelled = {rec.provenance.source for rec in kept if rec.provenance.origin == "labelled"}
+    return sum(item.provenance.origin == "feedback" and any(item.detail.startswith(f"duplicate of {source} ") for source in labelled)
+               for item in duplicates)
 
 
 def _report(options, inputs, rows_in, kept, duplicates, state, train, test, agreement, tokens) -> dict:

@@ -135,7 +135,8 @@ def run_check_command(
     from prep.runs import check_run, resolve, start_manifest
 
     resolved, run_dir = resolve(config, output, model, dataset, resume)
-    check_run(resolved, run_dir, resume, force, data_built_first, model_built_first)
+    for warning in check_run(resolved, run_dir, resume, force, data_built_first, model_built_first):
+        typer.echo(f"warning: {warning}", err=True)
     if write:
         start_manifest(resolved, run_dir, command)
     else:
@@ -224,15 +225,19 @@ def eval_command(
 def review_command(
     candidates: Annotated[Path, typer.Argument(help="candidates.jsonl written by prep eval.")],
     reviewer: Annotated[str, typer.Option("--reviewer", help="Who reviews (recorded with every accepted answer).")],
-    accept: Annotated[Optional[Path], typer.Option("--accept", help="Decisions JSONL for non-interactive review.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Feedback folder (default data/feedback).")] = None,
+    accept: Annotated[Optional[Path], typer.Option("--accept", help='Decisions JSONL instead of asking, a line per case: '
+                                                   '{"case_id": "C001", "accept": [0, 2]}, {"case_id": "C002", "correction": "..."} '
+                                                   'or {"case_id": "C003", "skip": true}.')] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Feedback folder (default: the checkout's data/feedback, "
+                                                    "or ./data/feedback when prep is installed).")] = None,
 ) -> None:
     """Pick good answers or write corrections; accepted answers become training data (provenance feedback)."""
     from prep.review import FEEDBACK_DIR, review
 
     path, counts = review(candidates, reviewer, accept, out_dir or FEEDBACK_DIR)
     typer.echo(("review interrupted: the decisions so far are kept. " if counts["interrupted"] else "")
-               + f"review: {counts['accepted']} accepted, {counts['corrected']} corrected, {counts['skipped']} skipped"
+               + f"review of {counts['accepted'] + counts['corrected'] + counts['skipped']} cases: {counts['accepted']} accepted "
+               + f"({counts['answers']} answer{'s' * (counts['answers'] != 1)}), {counts['corrected']} corrected, {counts['skipped']} skipped"
                + (f" (the hotline referral added to {counts['referral_added']} corrections of a crisis)" if counts["referral_added"] else "")
                + (f" -> {path}" if path else " (nothing written)"))
 
@@ -245,8 +250,17 @@ def main() -> None:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        _interrupted()
+    except SystemExit as err:  # Typer turns Ctrl-C into exit code 130, silently
+        if err.code == 130:
+            _interrupted()
+        raise
+
+
+def _interrupted() -> None:
+    typer.echo("interrupted: nothing is left half-written; prep distill and prep eval go on from where they stopped "
+               "when the same command is run again.", err=True)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

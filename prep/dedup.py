@@ -24,6 +24,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
@@ -103,6 +104,23 @@ def signatures(records: list[Conversation], config: DedupConfig, workers: int | 
                                      min_parallel=min_parallel))
 
 
+def _precedence(rec: Conversation, index: int) -> tuple:
+    """Which of two duplicates is kept: hand-labelled over reviewed (feedback) over distilled; among reviewed
+    answers the newest review (a correction made after an accept replaces it); otherwise the first read."""
+    newest_first = 0.0
+    if rec.provenance.origin == "feedback" and rec.provenance.created:
+        try:
+            newest_first = -datetime.fromisoformat(rec.provenance.created).timestamp()
+        except (TypeError, ValueError):  # a hand-edited time: ranked as the oldest
+            pass
+    return ORIGIN_RANK.get(rec.provenance.origin, 9), newest_first, index
+
+
+def _same_review_case(rec: Conversation, kept: Conversation) -> bool:
+    """Several answers one review accepted for one case are alternatives the reviewer chose, not duplicates."""
+    return rec.meta.get("review_case") is not None and rec.meta.get("review_case") == kept.meta.get("review_case")
+
+
 def _exact_key(rec: Conversation) -> str:
     joined = "\x1f".join(canonical_text(t.content) for t in rec.turns)
     return hashlib.blake2b(joined.encode("utf-8"), digest_size=16).hexdigest()
@@ -132,7 +150,7 @@ def dedup(records: list[Conversation], config: DedupConfig = DedupConfig()) -> D
     the pairs to compare: a shared bucket alone merged distinct questions (8 of 7,467 distinct seed pairs, e.g.
     失眠 vs 考试失利 in the same sentence frame) and missed paraphrases just above the threshold.
     """
-    order = sorted(range(len(records)), key=lambda i: (ORIGIN_RANK.get(records[i].provenance.origin, 9), i))
+    order = sorted(range(len(records)), key=lambda i: _precedence(records[i], i))
     hashes = signatures(records, config) if config.near and records else None
     if hashes is not None:  # near duplicates are found among distinct user texts, so 10,000 copies of 你好 are one text
         ids: dict[str, int] = {}
@@ -156,14 +174,14 @@ def dedup(records: list[Conversation], config: DedupConfig = DedupConfig()) -> D
             if twin_text is not None:
                 twin, detail = kept_with_text[twin_text], f" (Jaccard {similarity:.2f})"
                 merged_into[text] = twin_text
-        if twin is not None:
+        if twin is not None and not _same_review_case(rec, records[twin]):
             original = records[twin].provenance
             duplicates.append(Rejected("near_duplicate" if detail else "exact_duplicate", rec.provenance,
                                        detail=f"duplicate of {original.source} {original.location}{detail}",
                                        raw=rec.first_question[:500]))
             continue
-        seen[key] = index
-        if hashes is not None:
+        seen.setdefault(key, index)
+        if hashes is not None and kept_with_text[text_of[index]] < 0:
             kept_with_text[text_of[index]] = index
         kept_ids.append(index)
     kept_ids.sort()

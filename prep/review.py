@@ -5,7 +5,9 @@ with ``origin: feedback``, the reviewer, the time and the candidate they came
 from; ``prep build`` reads them as hand-labelled data with provenance
 ``feedback``. Decisions come from the terminal, or from a JSONL file for
 scripts: ``{"case_id": "C001", "accept": [0, 2]}`` or
-``{"case_id": "C001", "correction": "..."}`` (or ``"skip": true``).
+``{"case_id": "C001", "correction": "..."}`` (or ``"skip": true``). A later review of the same case wins
+over an earlier one in ``prep build`` (it keeps the newest reviewed answer of a question, and every answer that
+one review accepted).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from prep.safety import crises_in_dialogues, ensure_referral
 
 FEEDBACK_DIR = feedback_dir()
 CANDIDATE_KEYS = {"case_id": str, "question": str, "sample": int, "reply_guarded": str}
+DECISION_KEYS = ("case_id", "accept", "correction", "skip")
 
 
 def load_candidates(path: Path) -> dict[str, list[dict]]:
@@ -39,6 +42,8 @@ def load_candidates(path: Path) -> dict[str, list[dict]]:
             raise PrepError(f"{path}: line {number} repeats case {candidate['case_id']} (sample {candidate['sample']}, or "
                             "another question under the same id); expected the candidates of one prep eval.")
         group.append(candidate)
+    if not groups:
+        raise PrepError(f"{path}: holds no candidates; expected the candidates.jsonl of a prep eval.")
     return groups
 
 
@@ -61,8 +66,17 @@ def load_decisions(path: Path, groups: dict[str, list[dict]]) -> dict[str, dict]
 
 
 def _decision_problem(decision: object, groups: dict[str, list[dict]]) -> str | None:
-    if not isinstance(decision, dict) or not isinstance(decision.get("case_id"), str):
-        return "is not a decision (JSON with case_id)"
+    if isinstance(decision, json.JSONDecodeError):
+        return f"is not valid JSON ({decision.msg}, column {decision.colno})"
+    if not isinstance(decision, dict):
+        return f"is a JSON {type(decision).__name__}, not an object"
+    unknown = sorted(set(decision) - set(DECISION_KEYS))
+    if unknown:  # a misspelt key (acept, corection) silently skipped the case
+        return f"has the unknown key{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} (known: {', '.join(DECISION_KEYS)})"
+    if not isinstance(decision.get("case_id"), str):
+        return f"has case_id {decision.get('case_id')!r}, not the text of a case id"
+    if not isinstance(decision.get("skip", False), bool):
+        return f"has skip {decision['skip']!r}, not true or false"
     if decision["case_id"] not in groups:
         return f"decides on case {decision['case_id']}, which the candidates file does not have"
     accept, correction = decision.get("accept"), decision.get("correction")
@@ -106,7 +120,8 @@ def ask_terminal(case_id: str, candidates: list[dict]) -> dict:
 
 def review(candidates_path: Path, reviewer: str, decisions_path: Path | None = None, out_dir: Path = FEEDBACK_DIR,
            ask: Callable[[str, list[dict]], dict] = ask_terminal) -> tuple[Path | None, dict]:
-    """Apply decisions to the candidates; write accepted answers as feedback data.
+    """Apply decisions to the candidates; write accepted answers as feedback data. ``counts`` counts cases
+    (accepted, corrected, skipped) and the accepted answers.
 
     An interactive review stopped by end of input or Ctrl-C keeps the decisions made so far, as ``q`` does
     (``counts["interrupted"]``). A correction to a crisis gets the hotline referral, as accepted answers have it.
@@ -116,7 +131,7 @@ def review(candidates_path: Path, reviewer: str, decisions_path: Path | None = N
     groups = load_candidates(candidates_path)
     decisions = load_decisions(decisions_path, groups) if decisions_path else None
     now = datetime.now(timezone.utc)
-    rows, counts = [], {"accepted": 0, "corrected": 0, "skipped": 0, "referral_added": 0, "interrupted": False}
+    rows, counts = [], {"accepted": 0, "answers": 0, "corrected": 0, "skipped": 0, "referral_added": 0, "interrupted": False}
     for case_id, candidates in groups.items():
         try:
             decision = decisions.get(case_id, {"skip": True}) if decisions is not None else ask(case_id, candidates)
@@ -126,7 +141,9 @@ def review(candidates_path: Path, reviewer: str, decisions_path: Path | None = N
         if decision.get("quit"):
             break
         first = candidates[0]
-        base = {"input": "", "system": first.get("system") or DEFAULT_SYSTEM_PROMPT, "history": first.get("history") or [],
+        # Asked with the default prompt: none written, so that prep build --system gives the rows the run's prompt.
+        system = first.get("system") if first.get("system") != DEFAULT_SYSTEM_PROMPT else None
+        base = {"input": "", **({"system": system} if system else {}), "history": first.get("history") or [],
                 "origin": "feedback", "reviewer": reviewer, "reviewed_at": now.isoformat(timespec="seconds"),
                 "case_id": case_id, "candidates": str(candidates_path)}
         correction = (decision.get("correction") or "").strip()
@@ -142,7 +159,8 @@ def review(candidates_path: Path, reviewer: str, decisions_path: Path | None = N
         accepted = [c for c in candidates if c["sample"] in set(decision.get("accept") or [])]
         for candidate in accepted:
             rows.append({"instruction": candidate["question"], "output": candidate["reply_guarded"], "sample": candidate["sample"], **base})
-        counts["accepted" if accepted else "skipped"] += len(accepted) or 1
+        counts["accepted" if accepted else "skipped"] += 1
+        counts["answers"] += len(accepted)
     if not rows:
         return None, counts
     out = _new_feedback_file(Path(out_dir), reviewer, now)

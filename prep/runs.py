@@ -100,9 +100,10 @@ def check_datasets(config: dict, built_first: str | None = None) -> list[Path]:
 
 
 def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built_first: str | None = None,
-              model_built_first: bool = False) -> None:
+              model_built_first: bool = False) -> list[str]:
     """Everything that would otherwise fail after the model has loaded, as one sentence each. A dry run leaves out
-    what the real run builds before it trains: datasets named ``data_built_first*`` and the (demo's) model."""
+    what the real run builds before it trains: datasets named ``data_built_first*`` and the (demo's) model.
+    Returns warnings: what the run will do that the user may not expect."""
     if _wants_gpu(config):
         import torch
 
@@ -122,7 +123,7 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built
                             "(a download or export that did not finish?).")
     elif os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(model):
         raise PrepError(f"model '{model}' is a hub id but HF_HUB_OFFLINE=1; download it first or pass --model with a local folder.")
-    check_datasets(config, data_built_first)
+    files = check_datasets(config, data_built_first)
     _check_run_folder(run_dir)
     manifest = _read_manifest(run_dir)
     if resume:
@@ -137,6 +138,35 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built
         raise PrepError(f"{run_dir} holds a run that ended {manifest['status']}; {rerun_hint(run_dir)}, or pass --output DIR.")
     check_template(config)
     _parse_with_llamafactory(config)
+    return max_samples_warnings(config, files)
+
+
+def max_samples_warnings(config: dict, files: list[Path]) -> list[str]:
+    """A dataset file with more rows than ``max_samples``: LLaMA-Factory trains only each dataset's first rows (the
+    seed's recipe sets 3,000; a distilled set of 4,000, or reviewed answers after them, would silently not train)."""
+    cap = config.get("max_samples")
+    if not isinstance(cap, int) or isinstance(cap, bool):
+        return []
+    warnings = []
+    for file in files:
+        rows = _count_rows(file)
+        if rows is not None and rows > cap:
+            warnings.append(f"max_samples {cap}: LLaMA-Factory trains only the first {cap} of the {rows} rows of {file}; "
+                            "raise max_samples (or leave it out) to train them all.")
+    return warnings
+
+
+def _count_rows(file: Path) -> int | None:
+    """Rows in a JSON list or JSON Lines dataset file; None for other formats or a file that does not parse."""
+    try:
+        if file.suffix == ".jsonl":
+            return sum(1 for line in read_input(file, "dataset").splitlines() if line.strip())
+        if file.suffix == ".json":
+            data = json.loads(read_input(file, "dataset"))
+            return len(data) if isinstance(data, list) else None
+    except (json.JSONDecodeError, PrepError):
+        return None
+    return None
 
 
 def rerun_hint(run_dir: Path) -> str:

@@ -201,6 +201,19 @@ def _checkable(tmp_path: Path, tiny_model: Path, **changes) -> dict:
     return {**config, **changes}
 
 
+def test_a_dataset_longer_than_max_samples_is_named_before_the_run(tiny_model, tmp_path):
+    """LLaMA-Factory trains only a dataset's first max_samples rows (3,000 in the seed's recipe): a bigger distilled
+    set, or reviewed answers after the seed's rows, silently did not train."""
+    from prep.runs import check_run
+
+    run = tmp_path / "run"
+    assert check_run(_checkable(tmp_path, tiny_model, max_samples=3), run, resume=False, force=False) == [
+        f"max_samples 3: LLaMA-Factory trains only the first 3 of the 4 rows of {tmp_path / 'd.json'}; raise max_samples "
+        "(or leave it out) to train them all."]
+    assert check_run(_checkable(tmp_path, tiny_model, max_samples=4), run, resume=False, force=False) == []
+    assert check_run(_checkable(tmp_path, tiny_model, max_samples=None), run, resume=False, force=False) == []
+
+
 def test_an_interrupted_or_failed_run_is_redone_or_continued_only_when_asked(tiny_model, tmp_path):
     """A re-run without flags into a run that ended 'failed (merge)' or 'interrupted (train)' was accepted, and the
     script then deleted its adapter, checkpoints and merged model."""

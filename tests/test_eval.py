@@ -3,6 +3,7 @@ endpoint, the LLM judge, the report and trend, review into feedback data, and th
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from prep.errors import PrepError
 from prep.eval_report import build_report
 from prep.evaluate import DEFAULT_PLAN, EndpointModel, EvalOptions, TestCase, load_plan, run_eval
 from prep.judge import Judge
+from prep.prompts import DEFAULT_SYSTEM_PROMPT
 from prep.review import review
 
 PLAN = pd.read_csv(DEFAULT_PLAN, dtype=str, keep_default_na=False)
@@ -119,7 +121,7 @@ def test_review_decisions_become_feedback_training_rows(tmp_path):
         {"case_id": cases[2].case_id, "skip": True},
     ]) + "\n", encoding="utf-8")
     path, counts = review(tmp_path / "e" / "candidates.jsonl", "张老师", decisions, tmp_path / "feedback")
-    assert counts == {"accepted": 1, "corrected": 1, "skipped": 1, "referral_added": 0, "interrupted": False}
+    assert counts == {"accepted": 1, "answers": 1, "corrected": 1, "skipped": 1, "referral_added": 0, "interrupted": False}
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
     assert [r["output"] for r in rows] == [cases[0].reference, "这是审核人写的更好的回答。"]
     assert all(r["reviewer"] == "张老师" and r["origin"] == "feedback" for r in rows)
@@ -132,6 +134,85 @@ def test_review_decisions_become_feedback_training_rows(tmp_path):
     assert len(interactive.read_text(encoding="utf-8").splitlines()) == 3
     with pytest.raises(PrepError, match="--reviewer"):
         review(tmp_path / "e" / "candidates.jsonl", " ", decisions, tmp_path / "x")
+
+
+def test_ctrl_c_says_what_is_kept_and_the_same_command_goes_on(tmp_path):
+    """Typer turned Ctrl-C into exit code 130 with nothing on stderr: users were not told their answers are kept."""
+    import signal
+    import time
+
+    plan = tmp_path / "plan.csv"
+    PLAN[PLAN.kind == "counselling"].head(3).to_csv(plan, index=False)
+    command = [str(Path(sys.executable).parent / "prep"), "eval", "--out", str(tmp_path / "e"), "--plan", str(plan)]
+    with FakeOpenAI(Behaviour(latency_s=1.5, responder=plan_responder)) as url:
+        job = subprocess.Popen(command + ["--base-url", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=tool_env())
+        partial = tmp_path / "e" / "candidates.partial.jsonl"
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.read_text(encoding="utf-8").strip()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        job.send_signal(signal.SIGINT)
+        _, stderr = job.communicate(timeout=60)
+        assert job.returncode == 130 and "interrupted: nothing is left half-written" in stderr, stderr[-800:]
+        assert "Traceback" not in stderr
+        done = subprocess.run(command + ["--base-url", url], capture_output=True, text=True, env=tool_env(), timeout=120)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert len((tmp_path / "e" / "candidates.jsonl").read_text(encoding="utf-8").splitlines()) == 3
+
+
+def test_a_decisions_file_that_is_not_json_or_a_candidates_file_with_nothing_is_one_sentence(tmp_path):
+    cases = load_plan(limit_per_kind=1)[:1]
+    with FakeOpenAI(Behaviour(responder=plan_responder)) as url:
+        run_eval(EndpointModel(url, "fake", "系统", 64, 0.7, 0.9), cases, EvalOptions(tmp_path / "e"))
+    decisions = tmp_path / "d.jsonl"
+    decisions.write_text('{"case_id": "%s", "accept": [0],}\n' % cases[0].case_id, encoding="utf-8")
+    with pytest.raises(PrepError, match="line 1 is not valid JSON"):
+        review(tmp_path / "e" / "candidates.jsonl", "x", decisions, tmp_path / "fb")
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
+    with pytest.raises(PrepError, match="holds no candidates"):
+        review(tmp_path / "empty.jsonl", "x", None, tmp_path / "fb")
+
+
+def test_the_newest_review_of_a_case_trains_with_every_answer_it_accepted(tmp_path):
+    """A correction made after an accept lost to it in prep build (the first file read was kept); of two answers
+    one review accepted, one trained; reviewed answers came after the hand-labelled rows, where LLaMA-Factory's
+    max_samples cuts them off; and they kept the default system prompt whatever --system the build gave."""
+    cases = [c for c in load_plan() if c.kind == "counselling"][:2]
+    numbers = itertools.count()
+    with FakeOpenAI(Behaviour(responder=lambda messages: f"第{next(numbers)}个回答：我在听，你愿意多说一点吗？")) as url:
+        run_eval(EndpointModel(url, "fake", DEFAULT_SYSTEM_PROMPT, 64, 0.7, 0.9), cases, EvalOptions(tmp_path / "e", samples=2))
+    candidates, feedback = tmp_path / "e" / "candidates.jsonl", tmp_path / "feedback"
+    replies = {(c["case_id"], c["sample"]): c["reply_guarded"] for c in map(json.loads, candidates.read_text(encoding="utf-8").splitlines())}
+    first, second = (case.case_id for case in cases)
+
+    def decide(*decisions):
+        path = tmp_path / "d.jsonl"
+        path.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in decisions), encoding="utf-8")
+        return review(candidates, "张老师", path, feedback)
+
+    earlier, counts = decide({"case_id": first, "accept": [0]}, {"case_id": second, "accept": [0, 1]})
+    assert (counts["accepted"], counts["answers"]) == (2, 3)
+    earlier.write_text(earlier.read_text(encoding="utf-8").replace(json.loads(earlier.read_text(encoding="utf-8").split("\n")[0])["reviewed_at"],
+                                                                   "2026-01-01T08:00:00+00:00"), encoding="utf-8")
+    decide({"case_id": first, "correction": "更正后的回答：先照顾好睡眠。"})
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("question,answer\n最近总是很累怎么办？,先好好休息一下。\n我和室友吵架了,愿意说说发生了什么吗？\n", encoding="utf-8")
+    report = build([labelled, feedback], BuildOptions(name="fb", dataset_dir=tmp_path / "ds", test_size=0, system="你是心理咨询师小安。"))
+    rows = json.loads((tmp_path / "ds" / "data" / "fb_alpaca.json").read_text(encoding="utf-8"))
+    answers = {}
+    for row in rows:
+        answers.setdefault(row["instruction"], []).append(row["output"])
+    assert answers[cases[0].question] == ["更正后的回答：先照顾好睡眠。"]
+    assert sorted(answers[cases[1].question]) == sorted([replies[(second, 0)], replies[(second, 1)]])
+    assert [row["instruction"] for row in rows[3:]] == ["最近总是很累怎么办？", "我和室友吵架了"]  # reviewed answers first
+    assert {row["system"] for row in rows} == {"你是心理咨询师小安。"}
+    assert report["duplicates"] == 1 and not any("reviewed answer" in warning for warning in report["warnings"])
+    # A hand-labelled row of the same question wins over both reviews (a held-out item stays held out), and the build says so.
+    held_out = tmp_path / "held_out.csv"
+    held_out.write_text(f"question,answer\n{cases[0].question},标注的回答。\n", encoding="utf-8")
+    report = build([labelled, held_out, feedback], BuildOptions(name="fb", dataset_dir=tmp_path / "ds", test_size=0))
+    assert ("2 reviewed answers were not kept: the question is a hand-labelled row's, which wins (a held-out item stays "
+            "held out); see fb_rejected.jsonl.") in report["warnings"]
 
 
 @pytest.mark.slow
@@ -257,6 +338,9 @@ def test_review_keeps_every_review_and_every_decision(tmp_path):
     ({"case_id": "NO-SUCH-CASE", "skip": True}, "does not have"),
     ({"accept": [0], "correction": "改写的回答"}, "gives accept and correction at once"),  # the correction won silently
     ([{"accept": [0]}, {"skip": True}], "a second time"),  # the last won silently
+    ({"acept": [0]}, "unknown key 'acept'"),  # a misspelt key skipped the case silently
+    ({"skip": "no"}, "not true or false"),
+    ({"case_id": 1, "skip": True}, "case_id 1, not the text of a case id"),
 ])
 def test_a_bad_decision_is_one_sentence_naming_its_line(tmp_path, decision, message):
     cases = load_plan(limit_per_kind=1)[:1]

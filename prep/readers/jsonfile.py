@@ -94,15 +94,23 @@ def item_to_conversation(item: object, provenance: Provenance) -> Conversation:
     # Annotator and verdict count on every item, as the table columns do (not only on prep review's feedback).
     annotator = item.get("reviewer") or item.get("annotator")
     provenance.annotator = str(annotator).strip() if annotator not in (None, "") else provenance.annotator
-    verdict = item.get("verdict")
     return Conversation(
         turns,
         provenance,
         system=inner_system or (str(system).strip() if system else None),
         category=item.get("category") or None,
         record_id=str(item["id"]) if item.get("id") is not None else None,
-        meta={"verdict": str(verdict)} if verdict not in (None, "") else {},
+        meta=_meta(item, provenance),
     )
+
+
+def _meta(item: dict, provenance: Provenance) -> dict:
+    """The annotator's verdict, and for prep review's feedback the review and case it decided (dedup keeps every
+    answer one review accepted for a case)."""
+    meta = {"verdict": str(item["verdict"])} if item.get("verdict") not in (None, "") else {}
+    if provenance.origin == "feedback" and item.get("case_id") not in (None, ""):
+        meta["review_case"] = f"{provenance.source}#{item['case_id']}"
+    return meta
 
 
 def _records(items: list, path: Path, unit: str, origin: str) -> Iterator[Conversation | Rejected]:
