@@ -65,8 +65,9 @@ class DedupResult:
 
 
 def canonical_text(text: str) -> str:
-    """Lower-cased text without whitespace and punctuation, the basis of duplicate keys."""
-    return _STRIP.sub("", text.lower())
+    """Lower-cased text without whitespace and punctuation, the basis of duplicate keys; a text of symbols only
+    (？, ……, 😭😭😭) keeps its symbols, without whitespace (stripped, every such text was one question)."""
+    return _STRIP.sub("", text.lower()) or "".join(text.split())
 
 
 def shingles(text: str, n: int) -> set[str]:

@@ -126,6 +126,16 @@ def test_hand_labelled_row_wins_over_distilled_duplicate():
     assert duplicates[0].provenance.origin == "distilled" and duplicates[0].reason == "near_duplicate"
 
 
+def test_questions_of_symbols_only_are_not_one_question():
+    """？, …… and 😭😭😭 share no character but were near duplicates of each other (Jaccard 1.00): stripped of
+    punctuation they were all the empty text."""
+    records = [Conversation([Turn("user", question), Turn("assistant", "我在听。")], Provenance("chat.jsonl", f"line {i + 1}"))
+               for i, question in enumerate(["？", "……", "😭😭😭", "😭 😭😭", "你好"])]
+    result = dedup(records)
+    assert [r.first_question for r in result.kept] == ["？", "……", "😭😭😭", "你好"]
+    assert [d.provenance.location for d in result.duplicates] == ["line 4"]
+
+
 def test_near_dedup_merges_paraphrases_but_keeps_distinct_questions_in_one_sentence_frame():
     """Questions from one frame (a teacher's topic grid, an intake form) share most of their characters. Sharing
     an LSH bucket must not merge them (it did: 82% of the near-duplicate merges on synthetic questions had
