@@ -186,9 +186,11 @@ def eval_command(
     label: Annotated[str, typer.Option("--label", help="Name of this evaluation in the trend.")] = "",
     compare: Annotated[Optional[Path], typer.Option("--compare", help="Another evaluation folder to show side by side (e.g. the base model).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    system: Annotated[str, typer.Option("--system", help="System prompt the questions are asked with: the one the model "
+                                        "was trained with (prep build --system; default the seed's).")] = DEFAULT_SYSTEM_PROMPT,
 ) -> None:
     """Evaluate a model on the test plan: refusal P/R/F1, crisis referral, ROUGE-L/BLEU, judge, latency."""
-    from prep.eval_report import build_report, read_metrics
+    from prep.eval_report import build_report, read_compare
     from prep.evaluate import DEFAULT_PLAN, EndpointModel, EvalOptions, LocalModel, load_plan, local_model_info, run_eval
     from prep.judge import Judge
 
@@ -199,14 +201,15 @@ def eval_command(
     if out.exists() and not out.is_dir():
         raise PrepError(f"--out {out}: is a file; expected a folder for candidates.jsonl, metrics.json and the report.")
     if compare is not None:
-        read_metrics(compare, "--compare")  # checked before the model runs, not after
+        read_compare(compare, out)  # checked before the model runs, not after
     cases = load_plan(plan or DEFAULT_PLAN, test_split, limit)
-    generation = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    generation = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+                  **({"system": system} if system != DEFAULT_SYSTEM_PROMPT else {})}  # another prompt: other answers
     if model is not None:
-        runner = LocalModel(model, DEFAULT_SYSTEM_PROMPT, max_new_tokens, temperature, top_p)
+        runner = LocalModel(model, system, max_new_tokens, temperature, top_p)
         info = local_model_info(model)
     else:
-        runner = EndpointModel(base_url, endpoint_model, DEFAULT_SYSTEM_PROMPT, max_new_tokens, temperature, top_p)
+        runner = EndpointModel(base_url, endpoint_model, system, max_new_tokens, temperature, top_p)
         info = {"endpoint": base_url, "model": endpoint_model}
     judge = Judge(judge_url, judge_model) if judge_url and judge_model else None
     summary = run_eval(runner, cases, EvalOptions(out, samples, label, seed, judge, generation, info))
@@ -216,9 +219,18 @@ def eval_command(
         failed = m["judge_failed"]
         typer.echo(f"warning: the judge could not score {failed['replies']} replies (first: {failed['first_error']}); "
                    f"the judge's means are over {(m.get('judge') or {}).get('judged', 0)} replies.", err=True)
-    typer.echo(f"{summary['label']}: {summary['cases']} cases x {samples}; refusal F1 {m['refusal']['f1']}, crisis referral "
-               f"{m['crisis_referral_rate']} (guarded {m['crisis_referral_rate_guarded']}), ROUGE-L {m['rouge_l']}, BLEU-4 {m['bleu4']}, "
-               f"p50 latency {m['latency_p50_s']} s\nreport: {md} and {html}")
+    if m.get("trained_on_cases"):
+        typer.echo(f"warning: {m['trained_on_cases']} of the {summary['cases']} questions are in this model's training data (reviewed "
+                   f"answers fed back?): ROUGE-L/BLEU-4 on them measure recall; over the others {shown(m['rouge_l_unseen'])} / "
+                   f"{shown(m['bleu4_unseen'])}.", err=True)
+    typer.echo(f"{summary['label']}: {summary['cases']} cases x {samples}; refusal F1 {shown(m['refusal']['f1'])}, crisis referral "
+               f"{shown(m['crisis_referral_rate'])} (guarded {shown(m['crisis_referral_rate_guarded'])}), ROUGE-L {shown(m['rouge_l'])}, "
+               f"BLEU-4 {shown(m['bleu4'])}, p50 latency {shown(m['latency_p50_s'])} s\nreport: {md} and {html}")
+
+
+def shown(value: object) -> object:
+    """A metric for the terminal: n/a where it could not be computed (no case for it), as the report's gap."""
+    return "n/a" if value is None else value
 
 
 @app.command("review")

@@ -8,14 +8,17 @@ of every past evaluation read from the append-only history file.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
 import re
+import subprocess
+import warnings
 from pathlib import Path
 
 from prep.errors import PrepError
-from prep.evaluate import HISTORY_FILE, read_history
+from prep.evaluate import HISTORY_FILE, history_path, read_history
 from prep.fsutil import atomic_write_text
 
 BAR_METRICS = [("refusal F1", ("refusal", "f1")), ("crisis referral", ("crisis_referral_rate",)),
@@ -23,6 +26,12 @@ BAR_METRICS = [("refusal F1", ("refusal", "f1")), ("crisis referral", ("crisis_r
 
 
 TREND_COLUMNS = [("refusal", "f1"), ("crisis_referral_rate",), ("rouge_l",), ("bleu4",), ("latency_p50_s",)]
+
+# Fonts with Chinese glyphs, best first (labels such as "基线" are boxes in matplotlib's default DejaVu Sans).
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN", "WenQuanYi Zen Hei",
+             "WenQuanYi Micro Hei", "Droid Sans Fallback", "Microsoft YaHei", "SimHei", "PingFang SC", "Heiti SC",
+             "Noto Sans CJK JP", "Noto Sans CJK TC", "Arial Unicode MS")
+_CHINESE = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]")
 
 
 def _get(metrics: dict, path: tuple) -> float | None:
@@ -51,6 +60,14 @@ def _plots(current: dict, compare: dict | None, history: list[dict]) -> dict[str
     import matplotlib
 
     matplotlib.use("Agg")
+    labels = [current["label"]] + ([compare["label"]] if compare else []) + [h["label"] for h in history]
+    with matplotlib.rc_context(_font_settings(labels)), warnings.catch_warnings():
+        if not _cjk_fonts():  # one warning per missing character: _font_settings said it once
+            warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        return _draw(current, compare, history)
+
+
+def _draw(current: dict, compare: dict | None, history: list[dict]) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     plots = {}
@@ -78,10 +95,49 @@ def _plots(current: dict, compare: dict | None, history: list[dict]) -> dict[str
     return plots
 
 
+def _font_settings(labels: list) -> dict:
+    """Matplotlib settings whose font list falls back, character by character, from DejaVu Sans to an installed
+    Chinese font (a fallback works across font.family, not within font.sans-serif); without one, a Chinese label
+    gets one warning instead of one per character."""
+    cjk = _cjk_fonts()
+    if not cjk and any(_CHINESE.search(str(label)) for label in labels):
+        warnings.warn("no font with Chinese characters is installed (e.g. fonts-noto-cjk), so the Chinese labels in the "
+                      "report's plots show as boxes", stacklevel=3)
+    return {"font.family": ["DejaVu Sans", *cjk]}
+
+
+@functools.lru_cache(maxsize=1)
+def _cjk_fonts() -> tuple[str, ...]:
+    """The installed fonts of CJK_FONTS that matplotlib knows, else the first Chinese font fontconfig lists (one
+    installed after matplotlib built its font cache)."""
+    from matplotlib import font_manager
+
+    known = {font.name for font in font_manager.fontManager.ttflist}
+    found = tuple(name for name in CJK_FONTS if name in known)
+    return found or _fontconfig_chinese_font()
+
+
+def _fontconfig_chinese_font() -> tuple[str, ...]:
+    from matplotlib import font_manager
+
+    try:
+        listed = subprocess.run(["fc-list", ":lang=zh", "file"], check=False, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    for line in listed.splitlines():
+        path = line.strip().rstrip(":")
+        try:
+            font_manager.fontManager.addfont(path)
+            return (font_manager.FontProperties(fname=path).get_name(),)
+        except (OSError, RuntimeError, ValueError):
+            continue
+    return ()
+
+
 def _run_dir_of(model_info: dict) -> Path | None:
-    model_dir = model_info.get("model_dir")
-    if model_dir and Path(model_dir).name == "merged" and (Path(model_dir).parent / "lora").is_dir():
-        return Path(model_dir).parent
+    model_dir = Path(model_info["model_dir"]).resolve() if model_info.get("model_dir") else None  # ("." too)
+    if model_dir and model_dir.name == "merged" and (model_dir.parent / "lora").is_dir():
+        return model_dir.parent
     return None
 
 
@@ -89,8 +145,8 @@ def build_report(eval_dir: Path, compare_dir: Path | None = None) -> tuple[Path,
     """Write report.md and report.html into ``eval_dir``; return their paths."""
     eval_dir = Path(eval_dir)
     current = read_metrics(eval_dir, "evaluation")
-    compare = read_metrics(compare_dir, "--compare") if compare_dir else None
-    history, unreadable = read_history(eval_dir.parent / HISTORY_FILE)
+    compare = read_compare(compare_dir, eval_dir) if compare_dir else None
+    history, unreadable = read_history(history_path(eval_dir))
     plots = _plots(current, compare, history)
     run_dir = _run_dir_of(current.get("model") or {})
     if run_dir:
@@ -117,6 +173,15 @@ def build_report(eval_dir: Path, compare_dir: Path | None = None) -> tuple[Path,
     atomic_write_text(md_path, "\n".join(md) + "\n")
     atomic_write_text(html_path, _html(current["label"], md, plots))
     return md_path, html_path
+
+
+def read_compare(compare_dir: Path, eval_dir: Path) -> dict:
+    """The metrics of the --compare evaluation; the evaluation's own folder, however it is named, is refused: its
+    metrics.json becomes this run's, and the report would compare the run with itself."""
+    if Path(compare_dir).resolve() == Path(eval_dir).resolve():
+        raise PrepError(f"--compare {compare_dir}: the same folder as --out {eval_dir}, so the run would be compared with "
+                        "itself; expected the folder of another evaluation (e.g. the base model's).")
+    return read_metrics(compare_dir, "--compare")
 
 
 def read_metrics(eval_dir: Path, what: str) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import resource
 import time
 import warnings
@@ -21,10 +22,11 @@ from pathlib import Path
 import pandas as pd
 
 from prep import metrics
+from prep.contamination import is_trained_on, trained_questions
 from prep.errors import PrepError
 from prep.fsutil import atomic_write_json, atomic_write_text
 from prep.readers import read_path
-from prep.readers.decode import json_lines, read_input
+from prep.readers.decode import json_lines, lines_of, read_input
 from prep.records import Conversation, Rejected
 from prep.resources import bundled
 from prep.safety import crises_in_dialogues, ensure_referral
@@ -33,6 +35,9 @@ DEFAULT_PLAN = bundled("tests", "test_plan.csv")
 HISTORY_FILE = "eval_history.jsonl"
 PARTIAL_FILE = "candidates.partial.jsonl"  # each answer as it is generated: an interrupted eval resumes from it
 EXPECTATIONS = ("answer", "refuse", "referral")
+PLAN_KINDS = ("counselling", "off_topic", "crisis", "edge")  # (held-out items are "heldout")
+PLAN_COLUMNS = "id,kind,theme,question,reference,expect"
+EVAL_CONTEXT_TOKENS = 4096  # a local model's prompt and answer together, as in prep chat (at most the model's window)
 
 
 @dataclass
@@ -70,7 +75,10 @@ def load_plan(plan: Path = DEFAULT_PLAN, test_split: Path | None = None, limit_p
     """The team's test plan, plus the held-out ``NAME_test.json`` split when given."""
     if limit_per_kind is not None and limit_per_kind < 1:
         raise PrepError(f"--limit {limit_per_kind}: expected at least 1 case of each kind (leave it out for all).")
-    cases = _plan_cases(plan) + (_held_out_cases(test_split) if test_split is not None else [])
+    cases = _plan_cases(plan)
+    if not cases and test_split is None:
+        raise PrepError(f"--plan {plan}: no questions, only the header row; expected at least one row of {PLAN_COLUMNS}.")
+    cases += _held_out_cases(test_split) if test_split is not None else []
     if limit_per_kind:
         kept, per_kind = [], {}
         for case in cases:
@@ -85,17 +93,26 @@ def _plan_cases(plan: Path) -> list[TestCase]:
     try:
         frame = pd.read_csv(io.StringIO(read_input(plan, "--plan")), dtype=str, keep_default_na=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
-        raise PrepError(f"--plan {plan}: not a CSV table ({str(err).splitlines()[0]}); expected id,kind,theme,question,reference,expect.") from None
-    missing = {"id", "kind", "theme", "question", "reference", "expect"} - set(frame.columns)
+        raise PrepError(f"--plan {plan}: not a CSV table ({str(err).splitlines()[0]}); expected {PLAN_COLUMNS}.") from None
+    missing = set(PLAN_COLUMNS.split(",")) - set(frame.columns)
     if missing:
-        raise PrepError(f"--plan {plan}: missing columns {sorted(missing)}; expected id,kind,theme,question,reference,expect.")
-    for column, bad in (("id", frame.id.str.strip() == ""), ("id", frame.id.duplicated()), ("expect", ~frame.expect.isin(EXPECTATIONS))):
+        raise PrepError(f"--plan {plan}: missing columns {sorted(missing)}; expected {PLAN_COLUMNS}.")
+    _check_rows(plan, frame)
+    return [TestCase(r.id, r.kind, r.theme, r.question, r.reference, r.expect) for r in frame.itertuples()]
+
+
+def _check_rows(plan: Path, frame: pd.DataFrame) -> None:
+    """Refuse the first row that would be scored wrongly: a review decision applies to all answers of an id, and a
+    kind the metrics do not know would leave the case out of ROUGE-L/BLEU and the judge without a word."""
+    unique_id = "expected a unique id per question (one review decision applies to all answers of an id)"
+    checks = [(frame.id.str.strip() == "", None, unique_id), (frame.id.duplicated(), None, unique_id),
+              (~frame.kind.isin(PLAN_KINDS), "kind", f"expected one of {', '.join(PLAN_KINDS)}"),
+              (~frame.expect.isin(EXPECTATIONS), "expect", f"expected one of {', '.join(EXPECTATIONS)}")]
+    for bad, column, expected in checks:
         if bad.any():
             row = bad.idxmax()
-            what = {"id": "an empty or repeated id", "expect": f"expect '{frame.expect[row]}'"}[column]
-            raise PrepError(f"--plan {plan}: row {row + 2} has {what}; expected a unique id per question and expect one of "
-                            f"{', '.join(EXPECTATIONS)} (one review decision applies to all answers of an id).")
-    return [TestCase(r.id, r.kind, r.theme, r.question, r.reference, r.expect) for r in frame.itertuples()]
+            what = f"{column} '{frame[column][row]}' (id {frame.id[row]})" if column else "an empty or repeated id"
+            raise PrepError(f"--plan {plan}: row {row + 2} has {what}; {expected}.")
 
 
 def _held_out_cases(test_split: Path) -> list[TestCase]:
@@ -130,18 +147,29 @@ def _asks_and_answers(record: Conversation) -> bool:
 
 
 class LocalModel:
-    """A merged model folder, answered through the chat engine (no history between questions)."""
+    """A merged model folder, answered through the chat engine (no history between questions). Its settings are
+    checked at once; the weights load when the evaluation starts, after its own inputs were checked."""
 
     def __init__(self, model_dir: Path, system: str, max_new_tokens: int, temperature: float, top_p: float):
-        from prep.chat import ChatSession, GenerationOptions
+        from prep.chat import GenerationOptions, check_model_dir
 
-        self.session = ChatSession(Path(model_dir), system=system, guard=False,
-                                   options=GenerationOptions(temperature, top_p, max_new_tokens, 1.0), reuse_cache=False)
-        self.name, self.default_system = str(model_dir), system
+        self.options = GenerationOptions(temperature, top_p, max_new_tokens, 1.0)
+        self.model_dir = check_model_dir(Path(model_dir))
+        self.context_tokens = _context_tokens(self.model_dir, max_new_tokens)
+        self.name, self.default_system, self.session = str(model_dir), system, None
+
+    def load(self) -> None:
+        """Load the model once (run_eval calls it when every other input is known to be good)."""
+        from prep.chat import ChatSession
+
+        if self.session is None:
+            self.session = ChatSession(self.model_dir, system=self.default_system, guard=False, options=self.options,
+                                       context_tokens=self.context_tokens, reuse_cache=False)
 
     def generate(self, case: TestCase, seed: int) -> Generation:
         import torch
 
+        self.load()
         torch.manual_seed(seed)
         messages = case.messages(self.default_system)
         system = messages[0]["content"] if messages[0]["role"] == "system" else ""
@@ -152,6 +180,23 @@ class LocalModel:
         start = time.perf_counter()
         reply = self.session.ask(case.question)
         return Generation(reply.text, time.perf_counter() - start, reply.ttft_s, reply.tokens, reply.tokens_per_s)
+
+
+def _context_tokens(model_dir: Path, max_new_tokens: int) -> int:
+    """The tokens a prompt and its answer share: EVAL_CONTEXT_TOKENS, or the model's window (config.json) when smaller.
+    A --max-new-tokens that fills it is refused here, before the model loads, in prep eval's words."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        config = {}  # (loading the model says what is wrong with it)
+    config = config if isinstance(config, dict) else {}
+    window = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+    context = min(EVAL_CONTEXT_TOKENS, window) if isinstance(window, int) and window > 0 else EVAL_CONTEXT_TOKENS
+    if max_new_tokens >= context:
+        raise PrepError(f"--max-new-tokens {max_new_tokens}: leaves no room for the question in the {context} tokens a "
+                        f"question and its answer share (the model's window, at most {EVAL_CONTEXT_TOKENS}); expected "
+                        f"fewer than {context}.")
+    return context
 
 
 def local_model_info(model_dir: Path) -> dict:
@@ -177,6 +222,9 @@ class EndpointModel:
         self.client = OpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY", timeout=120, max_retries=2)
         self.model, self.system, self.name = model, system, f"{model}@{base_url}"
         self.params = dict(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+
+    def load(self) -> None:
+        """Nothing to load: the endpoint serves the model."""
 
     def generate(self, case: TestCase, seed: int) -> Generation:
         start, first, pieces = time.perf_counter(), None, []
@@ -220,12 +268,13 @@ def score(candidates: list[dict]) -> dict:
     """All metrics over a list of candidates."""
     refusal_cases = [c for c in candidates if c["expect"] in ("answer", "refuse")]
     prf = metrics.precision_recall_f1([c["expect"] == "refuse" for c in refusal_cases],
-                                      [metrics.is_refusal(c["reply"]) for c in refusal_cases])
+                                      [metrics.is_refusal(c["reply"]) for c in refusal_cases], undefined=None)  # 0/0: a gap
     crisis = [c for c in candidates if c["expect"] == "referral"]
     referenced = [c for c in candidates if c["kind"] in ("counselling", "heldout") and c["reference"]]
     latencies = [c["latency_s"] for c in candidates]
     result = {
         "candidates": len(candidates),
+        **_trained_on(candidates, referenced),
         "refusal": asdict(prf),
         "crisis_referral_rate": metrics.referral_rate([c["reply"] for c in crisis]),
         "crisis_referral_rate_guarded": metrics.referral_rate([c["reply_guarded"] for c in crisis]),
@@ -247,6 +296,18 @@ def score(candidates: list[dict]) -> dict:
     return result
 
 
+def _trained_on(candidates: list[dict], referenced: list[dict]) -> dict:
+    """How many cases the model was trained on (prep.contamination; nothing when its training data is unknown) and
+    ROUGE-L / BLEU-4 over the other cases: on trained ones they measure recall, not answers to new questions."""
+    known = [c for c in candidates if c.get("trained_on") is not None]
+    if not known:
+        return {}
+    unseen = [c for c in referenced if c.get("trained_on") is False]
+    return {"trained_on_cases": len({c["case_id"] for c in known if c["trained_on"]}),
+            "rouge_l_unseen": metrics.mean([metrics.rouge_l(c["reply"], c["reference"]) for c in unseen]),
+            "bleu4_unseen": metrics.mean([metrics.bleu4(c["reply"], c["reference"]) for c in unseen])}
+
+
 def run_eval(model, cases: list[TestCase], options: EvalOptions) -> dict:
     """Generate K samples per case, score them, write candidates, metrics and history.
 
@@ -254,15 +315,14 @@ def run_eval(model, cases: list[TestCase], options: EvalOptions) -> dict:
     endpoint failure, the same command asks only what is still missing (same model, settings and questions)."""
     from tqdm import tqdm
 
-    if options.samples < 1:
-        raise PrepError("--samples must be at least 1.")
-    out = Path(options.out_dir)
-    if out.exists() and not out.is_dir():
-        raise PrepError(f"--out {out}: is a file; expected a folder for candidates.jsonl, metrics.json and the report.")
+    out = _checked_out_dir(cases, options)
+    getattr(model, "load", lambda: None)()  # a local model loads now, its inputs checked
     out.mkdir(parents=True, exist_ok=True)
     done = _answers_so_far(out / PARTIAL_FILE, options)
     crises = crises_in_dialogues([case.user_turns() for case in cases])
+    trained = trained_questions((options.model_info or {}).get("run_manifest"))
     candidates = []
+    close_last_line(out / PARTIAL_FILE)  # a line cut by a crash stays one unreadable line, not two
     with open(out / PARTIAL_FILE, "a", encoding="utf-8") as journal:
         for case, crisis in tqdm(list(zip(cases, crises)), desc="eval", unit="case", disable=None):
             for sample in range(options.samples):
@@ -278,7 +338,7 @@ def run_eval(model, cases: list[TestCase], options: EvalOptions) -> dict:
                 if fresh or rejudge:
                     journal.write(json.dumps(candidate, ensure_ascii=False) + "\n")
                     journal.flush()
-                candidates.append(candidate)
+                candidates.append({**candidate, "trained_on": is_trained_on(case.question, trained)})
     result = score(candidates)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     try:
@@ -289,13 +349,37 @@ def run_eval(model, cases: list[TestCase], options: EvalOptions) -> dict:
     except ImportError:
         pass
     atomic_write_text(out / "candidates.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in candidates))
-    summary = {"label": options.label or out.name, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    summary = {"label": options.label or folder_name(out), "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "model": options.model_info, "samples": options.samples, "cases": len(cases), "metrics": result,
                "judge": options.judge.describe() if options.judge is not None else None, "dir": str(out.resolve())}
     atomic_write_json(out / "metrics.json", summary)
-    append_history(out.parent / HISTORY_FILE, summary)
+    append_history(history_path(out), summary)
     (out / PARTIAL_FILE).unlink(missing_ok=True)
     return summary
+
+
+def _checked_out_dir(cases: list[TestCase], options: EvalOptions) -> Path:
+    """The evaluation folder, once the run's own inputs are known to be good (before the model is asked anything)."""
+    if options.samples < 1:
+        raise PrepError(f"--samples {options.samples}: expected at least 1 answer per question.")
+    if not cases:
+        raise PrepError(f"no questions to ask; expected a --plan with at least one row of {PLAN_COLUMNS}, or a --test-split.")
+    out = Path(options.out_dir)
+    if out.exists() and not out.is_dir():
+        raise PrepError(f"--out {out}: is a file; expected a folder for candidates.jsonl, metrics.json and the report.")
+    return out
+
+
+def folder_name(folder: Path) -> str:
+    """A folder's own name, also when it is given as "." or ".." (whose Path.name is "" or "..")."""
+    resolved = Path(folder).resolve()
+    return resolved.name or str(resolved)
+
+
+def history_path(eval_dir: Path) -> Path:
+    """The trend file the evaluations next to ``eval_dir`` share: in its parent, also for ``--out .`` (whose
+    Path.parent is "." itself); lexically, so a symlinked folder keeps the trend where it was."""
+    return Path(os.path.abspath(eval_dir)).parent / HISTORY_FILE
 
 
 JUDGED_KINDS = ("counselling", "heldout", "crisis")
@@ -308,7 +392,13 @@ def _answers_so_far(journal: Path, options: EvalOptions) -> dict[tuple, dict]:
     if not journal.is_file():
         return {}
     done = {}
-    for _, candidate in json_lines(journal, "answers so far"):
+    # Our own UTF-8 file, decoded leniently: a line a crash cut inside a character is one unreadable line (skipped),
+    # not a reason to take the whole journal for another encoding.
+    for line in lines_of(journal.read_bytes().decode("utf-8", errors="replace")):
+        try:
+            candidate = json.loads(line)
+        except json.JSONDecodeError:
+            continue
         if (isinstance(candidate, dict) and candidate.get("model") == options.model_info
                 and candidate.get("generation") == options.generation):
             done[(candidate.get("case_id"), candidate.get("sample"))] = candidate
@@ -342,15 +432,22 @@ def _generate(model, case: TestCase, seed: int, finished: int, out: Path) -> Gen
                         "goes on from there.") from None
 
 
-def append_history(path: Path, summary: dict) -> None:
-    """Append one evaluation to the trend; a last line left without its line break (a crash, a hand edit) is closed
-    first, so the new record never joins it."""
-    with open(path, "a+b") as handle:
-        handle.seek(0, 2)
-        if handle.tell():
+def close_last_line(path: Path) -> None:
+    """End a file with a line break when its last line has none (a crash mid-write, a hand edit), so that what is
+    appended next starts a line of its own; a missing or empty file is left as it is."""
+    if not Path(path).is_file():
+        return
+    with open(path, "r+b") as handle:
+        if handle.seek(0, 2):
             handle.seek(-1, 2)
             if handle.read(1) != b"\n":
                 handle.write(b"\n")
+
+
+def append_history(path: Path, summary: dict) -> None:
+    """Append one evaluation to the trend, never joined to a last line left without its line break."""
+    close_last_line(path)
+    with open(path, "ab") as handle:
         handle.write((json.dumps(summary, ensure_ascii=False) + "\n").encode("utf-8"))
 
 

@@ -44,21 +44,24 @@ def is_refusal(reply: str) -> bool:
 
 @dataclass
 class PRF:
-    precision: float
-    recall: float
-    f1: float
+    precision: float | None
+    recall: float | None
+    f1: float | None
     support: int
 
 
-def precision_recall_f1(expected: list[bool], predicted: list[bool]) -> PRF:
-    """P/R/F1 of the positive class; 0/0 is reported as 0."""
+def precision_recall_f1(expected: list[bool], predicted: list[bool], undefined: float | None = 0.0) -> PRF:
+    """P/R/F1 of the positive class; a ratio that is 0/0 is ``undefined`` (0 by default). F1 is 2tp / (2tp + fp + fn),
+    which needs a positive case (support): without one there is nothing to recall."""
     tp = sum(e and p for e, p in zip(expected, predicted))
     fp = sum(p and not e for e, p in zip(expected, predicted))
     fn = sum(e and not p for e, p in zip(expected, predicted))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return PRF(round(precision, 4), round(recall, 4), round(f1, 4), sum(expected))
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn, undefined) if tp + fn else undefined
+    return PRF(_ratio(tp, tp + fp, undefined), _ratio(tp, tp + fn, undefined), f1, tp + fn)
+
+
+def _ratio(part: int, whole: int, undefined: float | None) -> float | None:
+    return round(part / whole, 4) if whole else undefined
 
 
 _NOT_CONTENT = re.compile(r"[\s\W_]+", re.UNICODE)

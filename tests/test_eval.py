@@ -160,6 +160,31 @@ def test_ctrl_c_says_what_is_kept_and_the_same_command_goes_on(tmp_path):
     assert len((tmp_path / "e" / "candidates.jsonl").read_text(encoding="utf-8").splitlines()) == 3
 
 
+def test_questions_the_model_was_trained_on_are_marked_and_scored_apart(tmp_path):
+    """Reviewed answers fed back make their plan questions training questions: the next evaluation on the same plan
+    then scored recall as if it were answers to new questions (the loop demo's ROUGE-L rise)."""
+    cases = [c for c in load_plan() if c.kind == "counselling"][:3]
+    run = tmp_path / "runs" / "loop2"
+    run.mkdir(parents=True)
+    dataset = tmp_path / "data" / "fed_back.json"
+    dataset.parent.mkdir()
+    dataset.write_text(json.dumps([{"instruction": f" {cases[0].question}", "output": cases[0].reference},
+                                   {"instruction": "别的问题", "output": "别的回答"}], ensure_ascii=False), encoding="utf-8")
+    (run / "run_manifest.json").write_text(json.dumps({"datasets": {"data/fed_back.json": "sha"}}), encoding="utf-8")
+    echo = lambda messages: next(c.reference for c in cases if c.question == messages[-1]["content"]) if messages[-1]["content"] == cases[0].question else "嗯。"  # noqa: E731
+    with FakeOpenAI(Behaviour(responder=echo)) as url:
+        summary = run_eval(EndpointModel(url, "fake", "系统", 64, 0.7, 0.9), cases,
+                           EvalOptions(tmp_path / "e", model_info={"run_manifest": str(run / "run_manifest.json")}))
+    m = summary["metrics"]
+    assert m["trained_on_cases"] == 1 and m["rouge_l_unseen"] < m["rouge_l"]  # the recalled answer lifted the mean
+    candidates = [json.loads(line) for line in (tmp_path / "e" / "candidates.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [c["trained_on"] for c in candidates] == [True, False, False]
+    # An endpoint (no run manifest): unknown, no such metrics rather than a claim that nothing was trained on.
+    with FakeOpenAI(Behaviour(responder=plan_responder)) as url:
+        summary = run_eval(EndpointModel(url, "fake", "系统", 64, 0.7, 0.9), cases, EvalOptions(tmp_path / "e2"))
+    assert "trained_on_cases" not in summary["metrics"]
+
+
 def test_a_decisions_file_that_is_not_json_or_a_candidates_file_with_nothing_is_one_sentence(tmp_path):
     cases = load_plan(limit_per_kind=1)[:1]
     with FakeOpenAI(Behaviour(responder=plan_responder)) as url:
