@@ -227,17 +227,22 @@ class EndpointModel:
         """Nothing to load: the endpoint serves the model."""
 
     def generate(self, case: TestCase, seed: int) -> Generation:
-        start, first, pieces = time.perf_counter(), None, []
-        stream = self.client.chat.completions.create(
-            model=self.model, stream=True, seed=seed, messages=case.messages(self.system), **self.params)
+        start, first, pieces, counted = time.perf_counter(), None, [], None
+        # The server's own token count when it sends one (include_usage: OpenAI, vLLM); the chunks otherwise, which
+        # servers that stream a token per chunk (LLaMA-Factory's api) match and others only approximate.
+        stream = self.client.chat.completions.create(model=self.model, stream=True, seed=seed, messages=case.messages(self.system),
+                                                     stream_options={"include_usage": True}, **self.params)
         for chunk in stream:
             delta = chunk.choices[0].delta.content if chunk.choices else None
             if delta:
                 first = first or time.perf_counter()
                 pieces.append(delta)
+            usage = getattr(chunk, "usage", None)
+            counted = getattr(usage, "completion_tokens", None) or counted
         end = time.perf_counter()
-        return Generation("".join(pieces).strip(), end - start, (first or end) - start, len(pieces),
-                          (len(pieces) - 1) / (end - first) if first and end > first and len(pieces) > 1 else None)
+        tokens = counted or len(pieces)
+        return Generation("".join(pieces).strip(), end - start, (first or end) - start, tokens,
+                          (tokens - 1) / (end - first) if first and end > first and tokens > 1 else None)
 
 
 @dataclass

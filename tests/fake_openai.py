@@ -188,7 +188,7 @@ class FakeOpenAI:
             text = "抱歉，我无法按照这个要求生成内容。如果你正在经历困难，请联系专业的心理咨询师。"
         usage = {"prompt_tokens": len(prompt), "completion_tokens": len(text), "total_tokens": len(prompt) + len(text)}
         if body.get("stream"):
-            return self._stream(body, h, text, finish)
+            return self._stream(body, h, text, finish, usage)
         return JSONResponse({
             "id": f"chatcmpl-{h[:12]}-{self.attempts.get(h, 0)}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", MODEL), "usage": usage, "system_fingerprint": None,
@@ -275,8 +275,10 @@ class FakeOpenAI:
         data = [self._batch_view(batch_id) for batch_id in reversed(list(self.batches))]
         return {"object": "list", "data": data, "first_id": None, "last_id": None, "has_more": False}
 
-    def _stream(self, body: dict, h: str, text: str, finish: str) -> StreamingResponse:
-        """Server-sent events, a few characters per chunk, as OpenAI streams."""
+    def _stream(self, body: dict, h: str, text: str, finish: str, usage: dict) -> StreamingResponse:
+        """Server-sent events, a few characters per chunk, as OpenAI streams; with stream_options.include_usage a last
+        chunk without choices carries the usage (a character is a token here)."""
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         base = {"id": f"chatcmpl-{h[:12]}", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": body.get("model", MODEL)}
 
@@ -285,6 +287,8 @@ class FakeOpenAI:
                 delta = {"role": "assistant", "content": text[start:start + 4]} if start == 0 else {"content": text[start:start + 4]}
                 yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]}, ensure_ascii=False)}\n\n"
             yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': finish}]})}\n\n"
+            if include_usage:
+                yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

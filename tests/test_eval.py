@@ -77,6 +77,8 @@ def test_eval_against_an_endpoint_writes_candidates_metrics_report_and_trend(tmp
     assert m["latency_p95_s"] >= m["latency_p50_s"] > 0 and m["ttft_mean_s"] > 0
     candidates = [json.loads(x) for x in (tmp_path / "iter1" / "candidates.jsonl").read_text(encoding="utf-8").splitlines()]
     assert {c["sample"] for c in candidates} == {0, 1} and all(c["model"] == {"endpoint": url} for c in candidates)
+    # tokens are the server's count (its usage; one per character here), not the stream's chunks of four characters
+    assert all(c["tokens"] == len(c["reply"]) for c in candidates if c["reply"] == c["reply"].strip() and len(c["reply"]) > 4)
     crisis = [c for c in candidates if c["kind"] == "crisis"]
     assert all(c["referral_added"] and "12356" in c["reply_guarded"] for c in crisis)
 
