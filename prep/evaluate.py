@@ -203,6 +203,8 @@ def local_model_info(model_dir: Path) -> dict:
     """What identifies a local model in the candidates: its folder, its run, and when its weights were written (a
     model merged again into the same folder is another model, whose answers a resumed evaluation must not reuse)."""
     manifest = Path(model_dir).parent / "run_manifest.json"
+    if not manifest.exists():  # --model . (inside the merged folder): Path(".").parent is "." itself
+        manifest = Path(model_dir).resolve().parent / "run_manifest.json"
     written = [f.stat().st_mtime for pattern in ("*.safetensors", "*.bin") for f in Path(model_dir).glob(pattern)]
     return {"model_dir": str(model_dir), "run_manifest": str(manifest) if manifest.exists() else None,
             "weights_written": datetime.fromtimestamp(max(written), timezone.utc).isoformat() if written else None}

@@ -195,3 +195,16 @@ def test_without_a_chinese_font_a_chinese_label_gets_one_warning_not_one_per_cha
         "no font with Chinese characters is installed (e.g. fonts-noto-cjk), so the Chinese labels in the report's "
         "plots show as boxes"]
     assert (tmp_path / "v1" / "trend.png").is_file()
+
+
+def test_a_model_given_as_dot_still_finds_its_run(tmp_path, monkeypatch):
+    """--model . from inside runs/NAME/merged looked for ./../run_manifest.json as "run_manifest.json" next to "."
+    itself: the run (its loss curves, the questions it trained on) was not found."""
+    from prep.evaluate import local_model_info
+
+    merged = tmp_path / "runs" / "demo" / "merged"
+    merged.mkdir(parents=True)
+    (merged / "model.safetensors").write_bytes(b"weights")
+    (merged.parent / "run_manifest.json").write_text("{}", encoding="utf-8")
+    monkeypatch.chdir(merged)
+    assert Path(local_model_info(Path("."))["run_manifest"]).resolve() == (merged.parent / "run_manifest.json").resolve()
