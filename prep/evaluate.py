@@ -15,6 +15,7 @@ import os
 import resource
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ from prep.contamination import is_trained_on, trained_questions
 from prep.errors import PrepError
 from prep.fsutil import atomic_write_json, atomic_write_text
 from prep.readers import read_path
-from prep.readers.decode import json_lines, lines_of, read_input
+from prep.readers.decode import lines_of, read_input
 from prep.records import Conversation, Rejected
 from prep.resources import bundled
 from prep.safety import crises_in_dialogues, ensure_referral
@@ -399,13 +400,7 @@ def _answers_so_far(journal: Path, options: EvalOptions) -> dict[tuple, dict]:
     if not journal.is_file():
         return {}
     done = {}
-    # Our own UTF-8 file, decoded leniently: a line a crash cut inside a character is one unreadable line (skipped),
-    # not a reason to take the whole journal for another encoding.
-    for line in lines_of(journal.read_bytes().decode("utf-8", errors="replace")):
-        try:
-            candidate = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for candidate in own_json_lines(journal):
         if (isinstance(candidate, dict) and candidate.get("model") == options.model_info
                 and candidate.get("generation") == options.generation):
             done[(candidate.get("case_id"), candidate.get("sample"))] = candidate
@@ -458,13 +453,25 @@ def append_history(path: Path, summary: dict) -> None:
         handle.write((json.dumps(summary, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
+def own_json_lines(path: Path) -> Iterator[object]:
+    """The values of a JSON Lines file prep eval writes (the journal, the trend), None for a line that does not parse:
+    decoded as UTF-8 leniently, so a line a crash cut inside a character is one unreadable line, not a reason to take
+    the whole file for another encoding."""
+    for line in lines_of(Path(path).read_bytes().decode("utf-8", errors="replace")):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                yield None
+
+
 def read_history(path: Path) -> tuple[list[dict], int]:
     """The evaluations of the trend, the newest run of each folder in its latest place, and how many lines were
     not readable (skipped, not fatal: the trend is a convenience)."""
     if not path.is_file():
         return [], 0
     runs, unreadable = {}, 0
-    for _, summary in json_lines(path, "evaluation history"):
+    for summary in own_json_lines(path):
         if not (isinstance(summary, dict) and isinstance(summary.get("metrics"), dict) and summary.get("label")):
             unreadable += 1
             continue

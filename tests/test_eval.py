@@ -408,7 +408,8 @@ def test_plan_and_cli_inputs_are_checked_before_anything_runs(tmp_path):
 def test_the_trend_survives_a_damaged_history_and_shows_missing_metrics_as_gaps(tmp_path):
     cases = [c for c in load_plan() if c.kind == "counselling"][:2]  # no crisis case: no crisis referral rate
     history = tmp_path / "eval_history.jsonl"
-    history.write_text('{"label": "old", "metrics": {"rouge_l": 0.5}}\n{"label": "cut off", "metr', encoding="utf-8")
+    # the last line cut by a crash inside a character (the trend failed to read as UTF-8 at all)
+    history.write_bytes('{"label": "old", "metrics": {"rouge_l": 0.5}}\n{"label": "中断'.encode("utf-8")[:-2])
     with FakeOpenAI(Behaviour(responder=plan_responder)) as url:
         for label in ("v1", "v1"):  # the same folder evaluated twice: one row in the trend, the newest
             run_eval(EndpointModel(url, "fake", "系统", 64, 0.7, 0.9), cases, EvalOptions(tmp_path / "v1", label=label))
@@ -416,7 +417,7 @@ def test_the_trend_survives_a_damaged_history_and_shows_missing_metrics_as_gaps(
     report = md.read_text(encoding="utf-8")
     trend = report[report.index("## Trend"):]
     assert trend.count("| v1 |") == 1 and "| old | – | – | 0.5 |" in trend and "1 unreadable lines" in trend
-    assert json.loads(history.read_text(encoding="utf-8").split("\n")[2])["label"] == "v1"  # not glued to the cut line
+    assert json.loads(history.read_bytes().split(b"\n")[2])["label"] == "v1"  # not glued to the cut line
 
 
 def test_run_report_of_a_run_stopped_mid_write(tmp_path):
