@@ -260,6 +260,10 @@ def test_loop_demo_feeds_reviewed_answers_back_and_reports_both_iterations(tmp_p
     assert history == ["iter1", "iter2"]
     report = (loop / "eval" / "iter2" / "report.md").read_text(encoding="utf-8")
     assert "| iter1 |" in report and "| iter2 |" in report and "training_loss.png" in report
+    # iteration 2 trained on the reviewed questions (read from its run's manifest): counted and scored apart
+    iter2 = json.loads((loop / "eval" / "iter2" / "metrics.json").read_text(encoding="utf-8"))["metrics"]
+    assert iter2["trained_on_cases"] >= 1 and "rouge_l_unseen" in iter2, iter2
+    assert "in this model's training data" in result.stderr
 
 
 REFUSAL = PLAN[PLAN.expect == "refuse"].reference.iloc[0]
