@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prep.dedup import canonical_text
 from prep.errors import PrepError
+from prep.fsutil import file_sha256
 from prep.readers import read_path
 from prep.records import Conversation
 
@@ -19,7 +20,7 @@ from prep.records import Conversation
 def trained_questions(run_manifest: str | Path | None) -> set[str] | None:
     """The canonical text of every user turn in the dataset files the run trained on (``run_manifest.json``'s
     ``datasets``, paths as the run saw them from its working folder); None when that cannot be known: no manifest
-    (an endpoint, a model from elsewhere), or none of its dataset files left to read."""
+    (an endpoint, a model from elsewhere), or none of its dataset files left as the run read them (same SHA-256)."""
     if not run_manifest:
         return None
     manifest_path = Path(run_manifest)
@@ -27,8 +28,9 @@ def trained_questions(run_manifest: str | Path | None) -> set[str] | None:
         datasets = json.loads(manifest_path.read_text(encoding="utf-8")).get("datasets")
     except (OSError, ValueError, AttributeError):
         return None
-    files = [_dataset_file(name, manifest_path.parent) for name in datasets or {}] if isinstance(datasets, dict) else []
-    files = [file for file in files if file is not None]
+    found = [(_dataset_file(name, manifest_path.parent), sha) for name, sha in datasets.items()] if isinstance(datasets, dict) else []
+    # A file rebuilt since the run (another hash) is not what it trained on: what it trained on is then unknown.
+    files = [file for file, sha in found if file is not None and file_sha256(file) == sha]
     if not files:
         return None
     questions: set[str] = set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import tempfile
 import threading
@@ -122,3 +123,12 @@ def atomic_write_json(path: Path, obj: Any, mode: int | None = None) -> None:
 def has_model_weights(folder: Path) -> bool:
     """Whether a model folder holds its weights (*.safetensors shards or *.bin), not only config and tokenizer."""
     return any(Path(folder).glob("*.safetensors")) or any(Path(folder).glob("*.bin"))
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -8,7 +8,6 @@ trainer logs, loss PNGs), ``merged/`` and ``report.md``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from prep.errors import PrepError
-from prep.fsutil import atomic_write_json, atomic_write_text, has_model_weights, read_yaml_mapping
+from prep.fsutil import atomic_write_json, atomic_write_text, file_sha256, has_model_weights, read_yaml_mapping
 from prep.readers.decode import json_lines, read_input
 from prep.writers import registry_entries
 
@@ -337,14 +336,6 @@ def _read_manifest(run_dir: Path) -> dict:
     return _json_object(run_dir / "run_manifest.json")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _git() -> dict:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -383,7 +374,7 @@ def start_manifest(config: dict, run_dir: Path, command: str) -> Path:
         "command": command,
         "config": config,
         "git": _git(),
-        "datasets": {str(p): _sha256(p) for p in check_datasets(config)},
+        "datasets": {str(p): file_sha256(p) for p in check_datasets(config)},
         "packages": versions,
         "python": platform.python_version(),
         "gpus": _gpus(),

@@ -172,7 +172,9 @@ def test_questions_the_model_was_trained_on_are_marked_and_scored_apart(tmp_path
     dataset.parent.mkdir()
     dataset.write_text(json.dumps([{"instruction": f" {cases[0].question}", "output": cases[0].reference},
                                    {"instruction": "别的问题", "output": "别的回答"}], ensure_ascii=False), encoding="utf-8")
-    (run / "run_manifest.json").write_text(json.dumps({"datasets": {"data/fed_back.json": "sha"}}), encoding="utf-8")
+    from prep.fsutil import file_sha256
+
+    (run / "run_manifest.json").write_text(json.dumps({"datasets": {"data/fed_back.json": file_sha256(dataset)}}), encoding="utf-8")
     echo = lambda messages: next(c.reference for c in cases if c.question == messages[-1]["content"]) if messages[-1]["content"] == cases[0].question else "嗯。"  # noqa: E731
     with FakeOpenAI(Behaviour(responder=echo)) as url:
         summary = run_eval(EndpointModel(url, "fake", "系统", 64, 0.7, 0.9), cases,
@@ -184,6 +186,12 @@ def test_questions_the_model_was_trained_on_are_marked_and_scored_apart(tmp_path
     # An endpoint (no run manifest): unknown, no such metrics rather than a claim that nothing was trained on.
     with FakeOpenAI(Behaviour(responder=plan_responder)) as url:
         summary = run_eval(EndpointModel(url, "fake", "系统", 64, 0.7, 0.9), cases, EvalOptions(tmp_path / "e2"))
+    assert "trained_on_cases" not in summary["metrics"]
+    # The dataset rebuilt since the run is not what it trained on: unknown too.
+    dataset.write_text("[]", encoding="utf-8")
+    with FakeOpenAI(Behaviour(responder=plan_responder)) as url:
+        summary = run_eval(EndpointModel(url, "fake", "系统", 64, 0.7, 0.9), cases,
+                           EvalOptions(tmp_path / "e3", model_info={"run_manifest": str(run / "run_manifest.json")}))
     assert "trained_on_cases" not in summary["metrics"]
 
 
