@@ -43,7 +43,7 @@ def build_command(
         f"+ rejected {report['rejected']} (reasons: {reasons})\n"
         f"train {report['train']} -> {dataset_dir / 'data' / (name + '_alpaca.json')}, "
         f"test {report['test']} -> {dataset_dir / 'data' / (name + '_test.json')}\n"
-        f"registered {name}_alpaca, {name}_sharegpt, {name}_test in {dataset_dir / 'dataset_info.json'}"
+        f"registered {name}_alpaca, {name}_sharegpt{f', {name}_test' if report['test'] else ''} in {dataset_dir / 'dataset_info.json'}"
     )
     for warning in report["warnings"]:
         typer.echo(f"warning: {warning}", err=True)

@@ -420,6 +420,10 @@ def test_a_build_with_nothing_to_train_or_nowhere_to_write_replaces_nothing(tmp_
     assert "g_test" in json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
     build([good], BuildOptions(name="g", dataset_dir=tmp_path, test_size=0))
     assert "g_test" not in json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
+    # ... and the command does not say it registered one (it did, then warned that it had not)
+    result = subprocess.run([sys.executable, "-m", "prep.cli", "build", str(good), "--name", "g", "--dataset-dir", str(tmp_path),
+                             "--test-size", "0"], capture_output=True, text=True, timeout=120, env=tool_env())
+    assert result.returncode == 0 and "registered g_alpaca, g_sharegpt in" in result.stdout and "g_test in" not in result.stdout
 
 
 def test_cutoff_len_without_a_tokenizer_is_refused(tmp_path):
