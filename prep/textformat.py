@@ -75,6 +75,24 @@ class _Segment:
     raw: str
 
 
+_BOLD_AFTER_COLON = re.compile(r"[:：](\*\*|__)[ \t]*$")
+
+
+def _with_its_bold(content: str, text: str, label: re.Match) -> str:
+    """A turn whose opening ** the label took (Human：**我很累。** — unlike a bold label, **Human：**): both markers
+    dropped when they wrap the whole turn, the opening one given back when the bold ends inside it (a stray ** was
+    left at the end or in the middle of the turn)."""
+    after_colon = _BOLD_AFTER_COLON.search(label.group(0))
+    if not after_colon or text[max(label.start(1) - 2, 0):label.start(1)] in ("**", "__"):
+        return content
+    marker = after_colon.group(1)
+    if content.count(marker) % 2 == 0:
+        return content
+    if content.endswith(marker) and content.count(marker) == 1:
+        return content[: -len(marker)].strip()
+    return marker + content
+
+
 def _segments(text: str) -> list[_Segment]:
     text = _FENCE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     matches = list(_LABEL.finditer(text))
@@ -104,10 +122,11 @@ def _cut(text: str, matches: list[re.Match]) -> list[_Segment]:
         close = _CLOSE_TAG.search(body)
         # The seed's variant (我理解你。\n<s><s>Human:) closes a turn with the tags the next label starts with.
         closed_by_next = index + 1 < len(matches) and _CLOSE_TAG.search(matches[index + 1].group(0)) is not None
+        content = body[: close.start()].strip() if close else body.strip() if closed_by_next else _without_heading(body)
         segments.append(
             _Segment(
                 role=_ROLE_BY_LABEL[match.group(1).lower()],
-                content=body[: close.start()].strip() if close else body.strip() if closed_by_next else _without_heading(body),
+                content=_with_its_bold(content, text, match),
                 closed=close is not None or closed_by_next,
                 raw=text[match.start():end],
             )

@@ -191,3 +191,14 @@ def test_numbered_dialogues_the_second_review_found_merged():
     start = time.perf_counter()
     parse_dialogues("对话1" + " " * 32_000 + "x\n用户：你好\n助手：你好")
     assert time.perf_counter() - start < 1.0  # (it took 38 s: a pattern, not a timing target)
+
+
+def test_bold_right_after_a_label_leaves_no_stray_markers():
+    """Human：**我觉得同事都在背后议论我。** kept the closing ** (the label took the opening one) in the question, and
+    in the middle of an answer; a bold label (**Human：**) and bold inside an answer stay as they were."""
+    text = ("<s>Human：**我觉得同事都在背后议论我。**\n</s><s>Assistant：**被议论的感觉很难受。**你愿意说说发生了什么吗？\n</s>"
+            "<s>Human：我也说不清\n</s><s>Assistant：__慢慢来__，我在。\n</s>")
+    assert [t.content for t in parse_dialogues(text)[0].turns] == [
+        "我觉得同事都在背后议论我。", "**被议论的感觉很难受。**你愿意说说发生了什么吗？", "我也说不清", "__慢慢来__，我在。"]
+    bold_labels = "**Human：** 我很累\n**Assistant：** 试试**4-7-8呼吸法**。"
+    assert [t.content for t in parse_dialogues(bold_labels)[0].turns] == ["我很累", "试试**4-7-8呼吸法**。"]
