@@ -26,7 +26,7 @@ export DISABLE_VERSION_CHECK=1 GRADIO_ANALYTICS_ENABLED=False TOKENIZERS_PARALLE
 
 die() { local code=$1; shift; echo "run_sft.sh: error: $*" >&2; exit "$code"; }
 step() { echo; echo "==> $*"; }
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }  # the comment block above
 
 ARGS=("$@")
 MODE=real CONFIG="" MODEL="" DATASET="" OUTPUT="" GPUS="" RESUME=0 MERGE=1 FORCE=0 DRY=0

@@ -9,6 +9,7 @@ backend (vLLM needs CUDA); everything else is parsed as written.
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,6 @@ def test_the_config_check_in_a_child_process_reports_llamafactorys_sentence(tiny
 def test_a_dry_run_before_anything_is_built_still_checks_what_it_can_and_writes_nothing(tmp_path):
     """In a fresh clone (no datasets, no demo model) --dry-run said 'would build' and exited 0 before any other check:
     an output path under a file or a missing --model passed, and the real run then failed with a traceback."""
-    import subprocess
-
     from conftest import tool_env
 
     repo = _repo_copy(tmp_path)
@@ -316,3 +315,10 @@ def test_values_llamafactory_takes_are_not_refused_by_the_kind_check():
         _check_value_types(yaml.safe_load(path.read_text(encoding="utf-8")))
     _check_value_types({"lora_alpha": 16.0, "fp16": 0, "bf16": 1, "learning_rate": "3e-3", "lr_scheduler_type": "cosine_with_restarts",
                         "report_to": "none", "lora_target": "all", "max_samples": None})
+
+
+def test_run_sft_help_is_the_usage_and_nothing_else():
+    """--help printed the script's first 16 lines, the last of them code (set -euo pipefail)."""
+    result = subprocess.run(["bash", str(ROOT / "run_sft.sh"), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "bash run_sft.sh demo" in result.stdout and "11 merge failed" in result.stdout
+    assert "set -euo" not in result.stdout and not result.stdout.startswith("!")
