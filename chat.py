@@ -38,8 +38,18 @@ def _port(text: str) -> int:
     return int(text)
 
 
+class _ShowsDefaults(argparse.HelpFormatter):
+    """--help names each option's default value, unless it says its own or has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Chat with the merged counselling model.")
+    parser = argparse.ArgumentParser(description="Chat with the merged counselling model.", formatter_class=_ShowsDefaults)
     parser.add_argument("--model", type=Path, help="merged model folder (default: newest runs/*/merged), or the base model with --adapter")
     parser.add_argument("--adapter", type=Path, help="LoRA adapter folder to apply on --model (peft, not merged)")
     parser.add_argument("--template", default="llama3", help="LLaMA-Factory template the model was trained with (checked at load)")
@@ -56,9 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt", help="answer this one message and exit")
     parser.add_argument("--json", action="store_true", help="print one JSON object per answer")
     parser.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--repetition-penalty", type=float, default=1.1)
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling: the likeliest tokens up to this probability")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="longest reply, in tokens")
+    parser.add_argument("--repetition-penalty", type=float, default=1.1, help="1.0 for none")
     return parser.parse_args(argv)
 
 

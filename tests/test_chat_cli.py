@@ -124,3 +124,15 @@ def test_the_default_model_is_the_newest_finished_merge(tmp_path):
     assert latest_merged_model(tmp_path) == finished
     (finished / "model.safetensors").unlink()  # none finished: the newest, so that the check says what is missing
     assert latest_merged_model(tmp_path) == unfinished
+
+
+def test_help_names_the_defaults_the_readme_relies_on(chat, monkeypatch, capsys):
+    """--help showed no defaults (the web port 7860, the sampling settings)."""
+    monkeypatch.setattr(sys, "argv", ["chat.py", "--help"])
+    with pytest.raises(SystemExit) as done:
+        chat.main()
+    shown = " ".join(capsys.readouterr().out.split())
+    assert done.value.code == 0
+    for default in ("web port (default: 7860)", "(default: 0.7)", "(default: 0.9)", "(default: 512)", "(default: 1.1)"):
+        assert default in shown, default
+    assert "(default: None)" not in shown and "(default: False)" not in shown
