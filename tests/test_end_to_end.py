@@ -150,6 +150,10 @@ def test_run_sft_demo_then_checks_that_fail_fast(tmp_path):
     assert manifest["packages"]["llamafactory"] == "0.9.5" and "commit" in manifest["git"]
     report = (repo / "runs" / "demo" / "report.md").read_text(encoding="utf-8")
     assert "best eval loss" in report and "training_loss.png" in report
+    # The merged model is the last, most trained one: the held-out rows' loss only rises on the tiny model, so the
+    # "best" checkpoint by it was step 100 of 300 (train loss 3.8 instead of 1.7).
+    state = json.loads((lora / "trainer_state.json").read_text(encoding="utf-8"))
+    assert state["global_step"] == 300 and not state.get("best_model_checkpoint"), state.get("best_model_checkpoint")
 
     # A dry run writes nothing, and the demo keeps a psy_seed built with more data (prep build data/seed data/feedback).
     dataset = repo / "data" / "psy_seed_alpaca.json"
