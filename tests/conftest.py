@@ -26,6 +26,15 @@ os.environ.update(
 )
 
 
+def terminal_signals() -> None:
+    """preexec_fn for a child that stands for a command typed in a terminal: Ctrl-C, Ctrl-\\ and hang-up act again.
+    Run as a background job (nohup make test &, CI), the tests inherit SIGINT ignored, and so would the child."""
+    import signal
+
+    for number in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
+
+
 def tool_env() -> dict[str, str]:
     """Environment for subprocesses: the venv's console scripts first on PATH."""
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}

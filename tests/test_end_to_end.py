@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QA, ROOT, derived_config, run, tool_env
+from conftest import QA, ROOT, derived_config, run, terminal_signals, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -234,7 +234,7 @@ def test_run_sft_resume_continues_from_the_last_checkpoint(tmp_path, tiny_model)
         # ignored, and bash cannot trap a signal ignored on entry).
         job = subprocess.Popen(["bash", "run_sft.sh", "--config", config(f"{name}.yaml", 2000), "--output", f"runs/{name}", "--no-merge"],
                                cwd=repo, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               preexec_fn=_terminal_signals)
+                               preexec_fn=terminal_signals)
         log = repo / "runs" / name / "lora" / "trainer_log.jsonl"
         try:
             deadline = time.time() + 300
@@ -284,11 +284,6 @@ def _ignores_sigint(pid: str) -> bool:
         return False
     ignored = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
     return bool(ignored & (1 << (signal.SIGINT - 1)))
-
-
-def _terminal_signals() -> None:
-    for number in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
-        signal.signal(number, signal.SIG_DFL)
 
 
 def test_terminal_session_survives_bad_saves_odd_input_and_keeps_stdout_json(merged_model, tmp_path):

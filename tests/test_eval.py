@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, tool_env
+from conftest import ROOT, terminal_signals, tool_env
 from fake_openai import Behaviour, FakeOpenAI
 from prep import metrics
 from prep.build import BuildOptions, build
@@ -148,7 +148,7 @@ def test_ctrl_c_says_what_is_kept_and_the_same_command_goes_on(tmp_path):
     command = [str(Path(sys.executable).parent / "prep"), "eval", "--out", str(tmp_path / "e"), "--plan", str(plan)]
     with FakeOpenAI(Behaviour(latency_s=1.5, responder=plan_responder)) as url:
         job = subprocess.Popen(command + ["--base-url", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=tool_env())
+                               env=tool_env(), preexec_fn=terminal_signals)
         partial = tmp_path / "e" / "candidates.partial.jsonl"
         deadline = time.monotonic() + 60
         while not (partial.exists() and partial.read_text(encoding="utf-8").strip()) and time.monotonic() < deadline:
