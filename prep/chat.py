@@ -130,6 +130,15 @@ def _loaded(path: Path, what: str, load, *args, **kwargs):
                         "export or train output.") from None
 
 
+CONTEXT_TOKENS = 4096  # the default token budget of a prompt and its reply together
+
+
+def fitted_context(context_tokens: int, window: object) -> int:
+    """The token budget of a prompt and its reply: ``context_tokens``, never more than the model's window
+    (``max_position_embeddings``, when the config gives one)."""
+    return window if isinstance(window, int) and 0 < window < context_tokens else context_tokens
+
+
 def check_model_dir(path: Path) -> Path:
     """A clear error for a missing or unfinished model folder."""
     path = Path(path)
@@ -222,7 +231,7 @@ class ChatSession:
     system: str = DEFAULT_SYSTEM_PROMPT
     options: GenerationOptions = field(default_factory=GenerationOptions)
     hotlines: tuple[str, ...] = DEFAULT_HOTLINES
-    context_tokens: int = 4096
+    context_tokens: int = CONTEXT_TOKENS
     adapter_dir: Path | None = None  # a LoRA adapter on top of model_dir (peft, not merged)
     quantization: str | None = None  # "4bit" | "8bit" (CUDA + bitsandbytes)
     template: str | None = "llama3"  # LLaMA-Factory template the model was trained with; None skips the check
@@ -239,9 +248,7 @@ class ChatSession:
         self.tokenizer = self._load_tokenizer()
         self.model = self._load_model()
         self.stop_ids = self._stop_ids()
-        window = getattr(self.model.config, "max_position_embeddings", None)
-        if isinstance(window, int) and 0 < window < self.context_tokens:
-            self.context_tokens = window  # the budget never exceeds the window the model was built for
+        self.context_tokens = fitted_context(self.context_tokens, getattr(self.model.config, "max_position_embeddings", None))
         if self.options.max_new_tokens >= self.context_tokens:
             raise PrepError(f"--max-new-tokens {self.options.max_new_tokens} leaves no room for the prompt: the context "
                             f"is {self.context_tokens} tokens (--context-tokens, at most the model's window); expected "

@@ -38,7 +38,6 @@ PARTIAL_FILE = "candidates.partial.jsonl"  # each answer as it is generated: an 
 EXPECTATIONS = ("answer", "refuse", "referral")
 PLAN_KINDS = ("counselling", "off_topic", "crisis", "edge")  # (held-out items are "heldout")
 PLAN_COLUMNS = "id,kind,theme,question,reference,expect"
-EVAL_CONTEXT_TOKENS = 4096  # a local model's prompt and answer together, as in prep chat (at most the model's window)
 
 
 @dataclass
@@ -184,18 +183,20 @@ class LocalModel:
 
 
 def _context_tokens(model_dir: Path, max_new_tokens: int) -> int:
-    """The tokens a prompt and its answer share: EVAL_CONTEXT_TOKENS, or the model's window (config.json) when smaller.
+    """The tokens a prompt and its answer share, fitted to the window in config.json as the chat engine fits them.
     A --max-new-tokens that fills it is refused here, before the model loads, in prep eval's words."""
+    from prep.chat import CONTEXT_TOKENS, fitted_context
+
     try:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         config = {}  # (loading the model says what is wrong with it)
     config = config if isinstance(config, dict) else {}
     window = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
-    context = min(EVAL_CONTEXT_TOKENS, window) if isinstance(window, int) and window > 0 else EVAL_CONTEXT_TOKENS
+    context = fitted_context(CONTEXT_TOKENS, window)
     if max_new_tokens >= context:
         raise PrepError(f"--max-new-tokens {max_new_tokens}: leaves no room for the question in the {context} tokens a "
-                        f"question and its answer share (the model's window, at most {EVAL_CONTEXT_TOKENS}); expected "
+                        f"question and its answer share (the model's window, at most {CONTEXT_TOKENS}); expected "
                         f"fewer than {context}.")
     return context
 
