@@ -126,7 +126,7 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built
     _check_run_folder(run_dir)
     manifest = _read_manifest(run_dir)
     if resume:
-        if not any((run_dir / "lora").glob("checkpoint-*")):
+        if not has_checkpoint(run_dir):
             raise PrepError(f"--resume: no checkpoint-* in {run_dir / 'lora'} to continue from.")
     elif not force and (manifest.get("status") == "finished" or (not manifest and _has_adapter(run_dir / "lora"))):
         raise PrepError(f"{run_dir} holds a finished run; pass --force to overwrite it, --resume to continue, or --output DIR.")
@@ -168,10 +168,15 @@ def _count_rows(file: Path) -> int | None:
     return None
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run saved a checkpoint (a lora/checkpoint-* folder) that --resume can continue from."""
+    return any(path.is_dir() for path in (Path(run_dir) / "lora").glob("checkpoint-*"))
+
+
 def rerun_hint(run_dir: Path) -> str:
     """How to go on after a run that stopped: --resume only when there is a checkpoint to continue from. run_sft.sh
     prints it too (``prep run-finish`` of a failed or interrupted run)."""
-    if any(path.is_dir() for path in (Path(run_dir) / "lora").glob("checkpoint-*")):
+    if has_checkpoint(run_dir):
         return "re-run with --resume to continue from its last checkpoint, or --force to start over"
     return "re-run with --force to start over (it saved no checkpoint to --resume from)"
 
