@@ -59,9 +59,15 @@ REMOTE_DATASET_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "
 
 
 def check_datasets(config: dict, built_first: str | None = None) -> list[Path]:
-    """Every dataset named in the config is registered and its file is present and non-empty. With ``built_first``
-    (a dry run before ``prep build ... --name NAME`` has run) the datasets that build registers in this folder's
-    registry are left out: NAME_alpaca, NAME_sharegpt and NAME_test, when the config reads the registry here."""
+    """Every dataset named in the config is registered and its file is present and non-empty; the files, in order."""
+    return [file for files in dataset_files(config, built_first).values() for file in files]
+
+
+def dataset_files(config: dict, built_first: str | None = None) -> dict[str, list[Path]]:
+    """Per dataset named in the config, its local files (a folder dataset's data files, none for one on a hub), each
+    checked to be registered, present and non-empty. With ``built_first`` (a dry run before ``prep build ... --name
+    NAME`` has run) the datasets that build registers in this folder's registry are left out: NAME_alpaca,
+    NAME_sharegpt and NAME_test, when the config reads the registry here."""
     names = [name.strip() for name in str(config.get("dataset", "")).split(",") if name.strip()]
     if not names:
         raise PrepError("the config names no dataset; set 'dataset' or pass --dataset NAMES.")
@@ -69,7 +75,7 @@ def check_datasets(config: dict, built_first: str | None = None) -> list[Path]:
     if built_first and dataset_dir.resolve() == Path.cwd().resolve():
         names = [name for name in names if name not in registry_entries(built_first)]
         if not names:
-            return []
+            return {}
     registry_path = dataset_dir / "dataset_info.json"
     if not registry_path.is_file():
         raise PrepError(f"{registry_path}: no dataset registry; run 'prep build ... --name NAME' first.")
@@ -79,23 +85,23 @@ def check_datasets(config: dict, built_first: str | None = None) -> list[Path]:
         raise PrepError(f"{registry_path}: not valid JSON ({err.msg} at line {err.lineno}).") from None
     if not isinstance(registry, dict):
         raise PrepError(f"{registry_path}: expected a JSON object of dataset entries.")
-    files = []
-    for name in names:
-        if name not in registry:
-            raise PrepError(f"dataset '{name}' is not in {registry_path}; run 'prep build ... --name {name.rsplit('_', 1)[0]}' or fix 'dataset'.")
-        entry = registry[name]
-        if not isinstance(entry, dict):
-            raise PrepError(f"dataset '{name}' in {registry_path} is {type(entry).__name__}, not an entry; expected an object with file_name.")
-        if any(entry.get(key) for key in REMOTE_DATASET_KEYS):
-            continue  # on a hub or in the cloud: LLaMA-Factory fetches it, nothing local to check
-        if not entry.get("file_name"):
-            raise PrepError(f"dataset '{name}' in {registry_path} has no file_name (nor {', '.join(REMOTE_DATASET_KEYS)}).")
-        file = dataset_dir / entry["file_name"]
-        parts = sorted(p for p in file.rglob("*") if p.is_file() and _holds_data(p)) if file.is_dir() else []
-        if not parts and (not file.is_file() or not _holds_data(file)):
-            raise PrepError(f"dataset '{name}': {file} is missing or empty; run 'prep build' to write it.")
-        files += parts or [file]
-    return files
+    return {name: _local_files(name, registry.get(name), registry_path) for name in names}
+
+
+def _local_files(name: str, entry: object, registry_path: Path) -> list[Path]:
+    if entry is None:
+        raise PrepError(f"dataset '{name}' is not in {registry_path}; run 'prep build ... --name {name.rsplit('_', 1)[0]}' or fix 'dataset'.")
+    if not isinstance(entry, dict):
+        raise PrepError(f"dataset '{name}' in {registry_path} is {type(entry).__name__}, not an entry; expected an object with file_name.")
+    if any(entry.get(key) for key in REMOTE_DATASET_KEYS):
+        return []  # on a hub or in the cloud: LLaMA-Factory fetches it, nothing local to check
+    if not entry.get("file_name"):
+        raise PrepError(f"dataset '{name}' in {registry_path} has no file_name (nor {', '.join(REMOTE_DATASET_KEYS)}).")
+    file = registry_path.parent / entry["file_name"]
+    parts = sorted(p for p in file.rglob("*") if p.is_file() and _holds_data(p)) if file.is_dir() else []
+    if not parts and (not file.is_file() or not _holds_data(file)):
+        raise PrepError(f"dataset '{name}': {file} is missing or empty; run 'prep build' to write it.")
+    return parts or [file]
 
 
 def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built_first: str | None = None,
@@ -122,7 +128,7 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built
                             "(a download or export that did not finish?).")
     elif os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(model):
         raise PrepError(f"model '{model}' is a hub id but HF_HUB_OFFLINE=1; download it first or pass --model with a local folder.")
-    files = check_datasets(config, data_built_first)
+    files = dataset_files(config, data_built_first)
     _check_run_folder(run_dir)
     manifest = _read_manifest(run_dir)
     if resume:
@@ -140,17 +146,20 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built
     return max_samples_warnings(config, files)
 
 
-def max_samples_warnings(config: dict, files: list[Path]) -> list[str]:
-    """A dataset file with more rows than ``max_samples``: LLaMA-Factory trains only each dataset's first rows (the
-    seed's recipe sets 3,000; a distilled set of 4,000, or reviewed answers after them, would silently not train)."""
+def max_samples_warnings(config: dict, files: dict[str, list[Path]]) -> list[str]:
+    """A dataset with more rows than ``max_samples``: LLaMA-Factory trains only each dataset's first rows (the seed's
+    recipe sets 3,000; a distilled set of 4,000, or reviewed answers after them, would silently not train). A folder
+    dataset is one dataset: its files' rows count together."""
     cap = config.get("max_samples")
     if not isinstance(cap, int) or isinstance(cap, bool):
         return []
     warnings = []
-    for file in files:
-        rows = _count_rows(file)
-        if rows is not None and rows > cap:
-            warnings.append(f"max_samples {cap}: LLaMA-Factory trains only the first {cap} of the {rows} rows of {file}; "
+    for name, parts in files.items():
+        counts = [_count_rows(file) for file in parts]
+        rows = sum(count or 0 for count in counts)
+        if rows > cap:
+            where = parts[0] if len(parts) == 1 else f"dataset {name} ({len(parts)} files under {parts[0].parent})"
+            warnings.append(f"max_samples {cap}: LLaMA-Factory trains only the first {cap} of the {rows} rows of {where}; "
                             "raise max_samples (or leave it out) to train them all.")
     return warnings
 

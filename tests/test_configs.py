@@ -322,3 +322,24 @@ def test_run_sft_help_is_the_usage_and_nothing_else():
     result = subprocess.run(["bash", str(ROOT / "run_sft.sh"), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "bash run_sft.sh demo" in result.stdout and "11 merge failed" in result.stdout
     assert "set -euo" not in result.stdout and not result.stdout.startswith("!")
+
+
+def test_a_folder_dataset_counts_its_files_together_against_max_samples(tmp_path):
+    """LLaMA-Factory loads a folder dataset as one dataset and then keeps its first max_samples rows: two files of 3
+    rows under max_samples 4 lose 2 rows, which a count per file did not see."""
+    from prep.runs import dataset_files, max_samples_warnings
+
+    folder = tmp_path / "data" / "psy_feedback"
+    folder.mkdir(parents=True)
+    for part in ("a.jsonl", "b.json"):
+        rows = [{"instruction": f"问{part}{n}", "output": "答"} for n in range(3)]
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows) if part.endswith("l") else json.dumps(rows)
+        (folder / part).write_text(text, encoding="utf-8")
+    (tmp_path / "data" / "one.json").write_text(json.dumps([{"instruction": "问", "output": "答"}] * 3), encoding="utf-8")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"fb": {"file_name": "data/psy_feedback"},
+                                                            "one": {"file_name": "data/one.json"}}), encoding="utf-8")
+    config = {"dataset_dir": str(tmp_path), "dataset": "fb,one", "max_samples": 4}
+    assert max_samples_warnings(config, dataset_files(config)) == [
+        f"max_samples 4: LLaMA-Factory trains only the first 4 of the 6 rows of dataset fb (2 files under {folder}); "
+        "raise max_samples (or leave it out) to train them all."]
+    assert max_samples_warnings({**config, "max_samples": 6}, dataset_files(config)) == []
