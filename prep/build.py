@@ -1,6 +1,6 @@
 """``prep build``: inputs -> clean, deduplicated, split LLaMA-Factory datasets + registry + report.
 
-Pipeline: read -> normalise -> validate -> scrub PII -> crisis rule (these four in
+Pipeline: read -> reviews' withdrawals -> normalise -> validate -> scrub PII -> crisis rule (these four in
 worker processes for large inputs) -> token limit (when a tokenizer is given) ->
 annotator agreement -> dedup -> split.
 Accounting invariant, checked on every build: rows_in = kept + duplicates + rejected.
@@ -25,6 +25,7 @@ from prep import clean
 from prep.agreement import resolve
 from prep.dedup import DedupConfig, dedup, near_groups
 from prep.errors import PrepError
+from prep.feedback import apply_withdrawals, overruled_by_labelled
 from prep.fsutil import all_or_nothing, atomic_write_json, atomic_write_text
 from prep.pii import scrub_pii
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
@@ -117,6 +118,7 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
     check_options(options, inputs)
     state = _read_all(inputs)
     rows_in = len(state.records) + len(state.rejected)
+    _apply(state, apply_withdrawals(state.records))
     _apply(state, clean.run_steps(state.records, options.limits))
     tokens = _token_counts(state.records, options.tokenizer, options.system)
     if tokens is not None:
@@ -139,7 +141,7 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
         raise PrepError(_nothing_to_train(options, report))
     warning = share_warning(len(kept), len(test), options.test_size, groups)
     report["warnings"] = [warning] if warning else []
-    overruled = _feedback_overruled(kept, deduped.duplicates)
+    overruled = overruled_by_labelled(deduped.duplicates)
     if overruled:
         report["warnings"].append(f"{overruled} reviewed answer{'s were' if overruled > 1 else ' was'} not kept: the question is a "
                                   f"hand-labelled row's, which wins (a held-out item stays held out); see {options.name}_rejected.jsonl.")
@@ -148,13 +150,6 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
                                   "refuses an empty dataset).")
     _write(options, train, test, deduped.duplicates + state.rejected, agreement.conflicts, report, kept, kept_tokens)
     return report
-
-
-def _feedback_overruled(kept: list[Conversation], duplicates: list[Rejected]) -> int:
-    """Reviewed answers (prep review's feedback) dropped as duplicates of hand-labelled rows."""
-    labelled = {rec.provenance.source for rec in kept if rec.provenance.origin == "labelled"}
-    return sum(item.provenance.origin == "feedback" and any(item.detail.startswith(f"duplicate of {source} ") for source in labelled)
-               for item in duplicates)
 
 
 def _report(options, inputs, rows_in, kept, duplicates, state, train, test, agreement, tokens) -> dict:

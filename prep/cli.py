@@ -238,8 +238,9 @@ def review_command(
     candidates: Annotated[Path, typer.Argument(help="candidates.jsonl written by prep eval.")],
     reviewer: Annotated[str, typer.Option("--reviewer", help="Who reviews (recorded with every accepted answer).")],
     accept: Annotated[Optional[Path], typer.Option("--accept", help='Decisions JSONL instead of asking, a line per case: '
-                                                   '{"case_id": "C001", "accept": [0, 2]}, {"case_id": "C002", "correction": "..."} '
-                                                   'or {"case_id": "C003", "skip": true}.')] = None,
+                                                   '{"case_id": "C001", "accept": [0, 2]}, {"case_id": "C002", "correction": "..."}, '
+                                                   '{"case_id": "C003", "skip": true} or {"case_id": "C004", "withdraw": true} '
+                                                   '(takes back the answers earlier reviews kept for that question).')] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Feedback folder (default: the checkout's data/feedback, "
                                                     "or ./data/feedback when prep is installed).")] = None,
 ) -> None:
@@ -248,8 +249,9 @@ def review_command(
 
     path, counts = review(candidates, reviewer, accept, out_dir or FEEDBACK_DIR)
     typer.echo(("review interrupted: the decisions so far are kept. " if counts["interrupted"] else "")
-               + f"review of {counts['accepted'] + counts['corrected'] + counts['skipped']} cases: {counts['accepted']} accepted "
-               + f"({counts['answers']} answer{'s' * (counts['answers'] != 1)}), {counts['corrected']} corrected, {counts['skipped']} skipped"
+               + f"review of {sum(counts[k] for k in ('accepted', 'corrected', 'withdrawn', 'skipped'))} cases: {counts['accepted']} accepted "
+               + f"({counts['answers']} answer{'s' * (counts['answers'] != 1)}), {counts['corrected']} corrected, "
+               + (f"{counts['withdrawn']} withdrawn, " if counts["withdrawn"] else "") + f"{counts['skipped']} skipped"
                + (f" (the hotline referral added to {counts['referral_added']} corrections of a crisis)" if counts["referral_added"] else "")
                + (f" -> {path}" if path else " (nothing written)"))
 

@@ -24,7 +24,6 @@ import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 
@@ -108,12 +107,8 @@ def signatures(records: list[Conversation], config: DedupConfig, workers: int | 
 def _precedence(rec: Conversation, index: int) -> tuple:
     """Which of two duplicates is kept: hand-labelled over reviewed (feedback) over distilled; among reviewed
     answers the newest review (a correction made after an accept replaces it); otherwise the first read."""
-    newest_first = 0.0
-    if rec.provenance.origin == "feedback" and rec.provenance.created:
-        try:
-            newest_first = -datetime.fromisoformat(rec.provenance.created).timestamp()
-        except (TypeError, ValueError):  # a hand-edited time: ranked as the oldest
-            pass
+    reviewed = rec.provenance.created_timestamp() if rec.provenance.origin == "feedback" else None
+    newest_first = -reviewed if reviewed is not None else 0.0  # a missing or hand-edited time: ranked as the oldest
     return ORIGIN_RANK.get(rec.provenance.origin, 9), newest_first, index
 
 
@@ -179,7 +174,7 @@ def dedup(records: list[Conversation], config: DedupConfig = DedupConfig()) -> D
             original = records[twin].provenance
             duplicates.append(Rejected("near_duplicate" if detail else "exact_duplicate", rec.provenance,
                                        detail=f"duplicate of {original.source} {original.location}{detail}",
-                                       raw=rec.first_question[:500]))
+                                       raw=rec.first_question[:500], twin=original))
             continue
         seen.setdefault(key, index)
         if hashes is not None and kept_with_text[text_of[index]] < 0:

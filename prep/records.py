@@ -9,6 +9,7 @@ source location, so that every input row is accounted for.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Literal
 
 Role = Literal["user", "assistant"]
@@ -37,7 +38,14 @@ class Provenance:
     teacher: str | None = None
     template_id: str | None = None
     request_id: str | None = None
-    created: str | None = None
+    created: str | None = None  # ISO time: a review's reviewed_at, a journal line's time, else the file's mtime
+
+    def created_timestamp(self) -> float | None:
+        """``created`` in seconds since the epoch; None when missing or not an ISO time (a hand-edited one)."""
+        try:
+            return datetime.fromisoformat(self.created).timestamp() if self.created else None
+        except (TypeError, ValueError):
+            return None
 
 
 @dataclass
@@ -77,6 +85,7 @@ class Rejected:
     provenance: Provenance
     detail: str = ""
     raw: str | None = None
+    twin: Provenance | None = None  # a duplicate's kept record, a withdrawn answer's withdrawal
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -7,7 +7,8 @@ from; ``prep build`` reads them as hand-labelled data with provenance
 scripts: ``{"case_id": "C001", "accept": [0, 2]}`` or
 ``{"case_id": "C001", "correction": "..."}`` (or ``"skip": true``). A later review of the same case wins
 over an earlier one in ``prep build`` (it keeps the newest reviewed answer of a question, and every answer that
-one review accepted).
+one review accepted). ``{"case_id": "C001", "withdraw": true}`` takes back every answer earlier reviews accepted
+or wrote for the question: it writes a withdrawal line that ``prep build`` applies (``prep.feedback``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from prep.safety import crises_in_dialogues, ensure_referral
 
 FEEDBACK_DIR = feedback_dir()
 CANDIDATE_KEYS = {"case_id": str, "question": str, "sample": int, "reply_guarded": str}
-DECISION_KEYS = ("case_id", "accept", "correction", "skip")
+DECISION_KEYS = ("case_id", "accept", "correction", "skip", "withdraw")
+DECISION_FORMS = ('{"case_id": ..., "accept": [0, 2]}, {"case_id": ..., "correction": "..."}, {"case_id": ..., "skip": true} '
+                  'or {"case_id": ..., "withdraw": true}')
 
 
 def load_candidates(path: Path) -> dict[str, list[dict]]:
@@ -59,8 +62,7 @@ def load_decisions(path: Path, groups: dict[str, list[dict]]) -> dict[str, dict]
         if not problem and decision["case_id"] in decisions:  # which one was meant? (the last silently won)
             problem = f"decides on case {decision['case_id']} a second time"
         if problem:
-            raise PrepError(f"{path}: line {number} {problem}; expected {{\"case_id\": ..., \"accept\": [0, 2]}}, "
-                            "{\"case_id\": ..., \"correction\": \"...\"} or {\"case_id\": ..., \"skip\": true}.")
+            raise PrepError(f"{path}: line {number} {problem}; expected {DECISION_FORMS}.")
         decisions[decision["case_id"]] = decision
     return decisions
 
@@ -75,8 +77,9 @@ def _decision_problem(decision: object, groups: dict[str, list[dict]]) -> str | 
         return f"has the unknown key{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} (known: {', '.join(DECISION_KEYS)})"
     if not isinstance(decision.get("case_id"), str):
         return f"has case_id {decision.get('case_id')!r}, not the text of a case id"
-    if not isinstance(decision.get("skip", False), bool):
-        return f"has skip {decision['skip']!r}, not true or false"
+    for flag in ("skip", "withdraw"):
+        if not isinstance(decision.get(flag, False), bool):
+            return f"has {flag} {decision[flag]!r}, not true or false"
     if decision["case_id"] not in groups:
         return f"decides on case {decision['case_id']}, which the candidates file does not have"
     accept, correction = decision.get("accept"), decision.get("correction")
@@ -87,7 +90,7 @@ def _decision_problem(decision: object, groups: dict[str, list[dict]]) -> str | 
         return f"accepts samples {sorted(set(accept) - samples)} that case {decision['case_id']} does not have ({sorted(samples)})"
     if correction is not None and not isinstance(correction, str):
         return f"has a correction that is not text ({type(correction).__name__})"
-    given = [key for key in ("accept", "correction", "skip") if decision.get(key) not in (None, False, [])]
+    given = [key for key in DECISION_KEYS[1:] if decision.get(key) not in (None, False, [])]
     if len(given) > 1:  # (the correction silently won over the accepted samples)
         return f"gives {' and '.join(given)} at once; one decision per case"
     return None
@@ -105,9 +108,12 @@ def ask_terminal(case_id: str, candidates: list[dict]) -> dict:
         print(f"  [{candidate['sample']}] {candidate['reply_guarded']}")
     samples = {c["sample"] for c in candidates}
     while True:
-        answer = input("accept which (e.g. 0,2), e = write a correction, s = skip, q = quit: ").strip().lower()
+        answer = input("accept which (e.g. 0,2), e = write a correction, s = skip, "
+                       "w = withdraw the answers earlier reviews kept for this question, q = quit: ").strip().lower()
         if answer == "q":
             return {"quit": True}
+        if answer == "w":
+            return {"withdraw": True}
         if answer == "s" or not answer:
             return {"skip": True}
         if answer == "e":
@@ -115,7 +121,7 @@ def ask_terminal(case_id: str, candidates: list[dict]) -> dict:
             return {"correction": text} if text else {"skip": True}
         if re.fullmatch(r"\d+(\s*,\s*\d+)*", answer) and {int(x) for x in answer.split(",")} <= samples:
             return {"accept": [int(x) for x in answer.split(",")]}
-        print(f"please answer with sample numbers ({', '.join(map(str, sorted(samples)))}), e, s or q")
+        print(f"please answer with sample numbers ({', '.join(map(str, sorted(samples)))}), e, s, w or q")
 
 
 def review(candidates_path: Path, reviewer: str, decisions_path: Path | None = None, out_dir: Path = FEEDBACK_DIR,
@@ -124,14 +130,16 @@ def review(candidates_path: Path, reviewer: str, decisions_path: Path | None = N
     (accepted, corrected, skipped) and the accepted answers.
 
     An interactive review stopped by end of input or Ctrl-C keeps the decisions made so far, as ``q`` does
-    (``counts["interrupted"]``). A correction to a crisis gets the hotline referral, as accepted answers have it.
+    (``counts["interrupted"]``). A correction to a crisis gets the hotline referral, as accepted answers have it. A
+    withdrawal is a line with an empty answer and ``withdraw: true`` (``counts["withdrawn"]`` counts them).
     """
     if not reviewer.strip():
         raise PrepError("--reviewer is required: every accepted answer records who accepted it.")
     groups = load_candidates(candidates_path)
     decisions = load_decisions(decisions_path, groups) if decisions_path else None
     now = datetime.now(timezone.utc)
-    rows, counts = [], {"accepted": 0, "answers": 0, "corrected": 0, "skipped": 0, "referral_added": 0, "interrupted": False}
+    rows, counts = [], {"accepted": 0, "answers": 0, "corrected": 0, "withdrawn": 0, "skipped": 0, "referral_added": 0,
+                       "interrupted": False}
     for case_id, candidates in groups.items():
         try:
             decision = decisions.get(case_id, {"skip": True}) if decisions is not None else ask(case_id, candidates)
@@ -146,6 +154,10 @@ def review(candidates_path: Path, reviewer: str, decisions_path: Path | None = N
         base = {"input": "", **({"system": system} if system else {}), "history": first.get("history") or [],
                 "origin": "feedback", "reviewer": reviewer, "reviewed_at": now.isoformat(timespec="seconds"),
                 "case_id": case_id, "candidates": str(candidates_path)}
+        if decision.get("withdraw"):
+            rows.append({"instruction": first["question"], "output": "", "sample": None, "withdraw": True, **base})
+            counts["withdrawn"] += 1
+            continue
         correction = (decision.get("correction") or "").strip()
         if correction:
             crisis = first.get("crisis")

@@ -123,7 +123,8 @@ def test_review_decisions_become_feedback_training_rows(tmp_path):
         {"case_id": cases[2].case_id, "skip": True},
     ]) + "\n", encoding="utf-8")
     path, counts = review(tmp_path / "e" / "candidates.jsonl", "张老师", decisions, tmp_path / "feedback")
-    assert counts == {"accepted": 1, "answers": 1, "corrected": 1, "skipped": 1, "referral_added": 0, "interrupted": False}
+    assert counts == {"accepted": 1, "answers": 1, "corrected": 1, "withdrawn": 0, "skipped": 1, "referral_added": 0,
+                      "interrupted": False}
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
     assert [r["output"] for r in rows] == [cases[0].reference, "这是审核人写的更好的回答。"]
     assert all(r["reviewer"] == "张老师" and r["origin"] == "feedback" for r in rows)
@@ -208,27 +209,42 @@ def test_a_decisions_file_that_is_not_json_or_a_candidates_file_with_nothing_is_
         review(tmp_path / "empty.jsonl", "x", None, tmp_path / "fb")
 
 
-def test_the_newest_review_of_a_case_trains_with_every_answer_it_accepted(tmp_path):
-    """A correction made after an accept lost to it in prep build (the first file read was kept); of two answers
-    one review accepted, one trained; reviewed answers came after the hand-labelled rows, where LLaMA-Factory's
-    max_samples cuts them off; and they kept the default system prompt whatever --system the build gave."""
+def _two_cases_answered_twice(tmp_path: Path) -> tuple[list[TestCase], Path, dict]:
+    """Two counselling questions of the plan, each answered twice by the test server (every answer different): the
+    cases, the candidates file and each (case id, sample)'s answer."""
     cases = [c for c in load_plan() if c.kind == "counselling"][:2]
     numbers = itertools.count()
     with FakeOpenAI(Behaviour(responder=lambda messages: f"第{next(numbers)}个回答：我在听，你愿意多说一点吗？")) as url:
         run_eval(EndpointModel(url, "fake", DEFAULT_SYSTEM_PROMPT, 64, 0.7, 0.9), cases, EvalOptions(tmp_path / "e", samples=2))
-    candidates, feedback = tmp_path / "e" / "candidates.jsonl", tmp_path / "feedback"
+    candidates = tmp_path / "e" / "candidates.jsonl"
     replies = {(c["case_id"], c["sample"]): c["reply_guarded"] for c in map(json.loads, candidates.read_text(encoding="utf-8").splitlines())}
+    return cases, candidates, replies
+
+
+def _decide(tmp_path: Path, candidates: Path, feedback: Path, decisions, when: str | None = None) -> tuple[Path, dict]:
+    """A scripted review by 张老师 of ``decisions``; ``when`` replaces the review's time in what it wrote."""
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in decisions), encoding="utf-8")
+    written, counts = review(candidates, "张老师", path, feedback)
+    if when:
+        rows = [dict(json.loads(line), reviewed_at=when) for line in written.read_text(encoding="utf-8").splitlines()]
+        written.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return written, counts
+
+
+def test_the_newest_review_of_a_case_trains_with_every_answer_it_accepted(tmp_path):
+    """A correction made after an accept lost to it in prep build (the first file read was kept); of two answers
+    one review accepted, one trained; reviewed answers came after the hand-labelled rows, where LLaMA-Factory's
+    max_samples cuts them off; and they kept the default system prompt whatever --system the build gave."""
+    cases, candidates, replies = _two_cases_answered_twice(tmp_path)
+    feedback = tmp_path / "feedback"
     first, second = (case.case_id for case in cases)
 
-    def decide(*decisions):
-        path = tmp_path / "d.jsonl"
-        path.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in decisions), encoding="utf-8")
-        return review(candidates, "张老师", path, feedback)
+    def decide(*decisions, when=None):
+        return _decide(tmp_path, candidates, feedback, decisions, when)
 
-    earlier, counts = decide({"case_id": first, "accept": [0]}, {"case_id": second, "accept": [0, 1]})
+    _, counts = decide({"case_id": first, "accept": [0]}, {"case_id": second, "accept": [0, 1]}, when="2026-01-01T08:00:00+00:00")
     assert (counts["accepted"], counts["answers"]) == (2, 3)
-    earlier.write_text(earlier.read_text(encoding="utf-8").replace(json.loads(earlier.read_text(encoding="utf-8").split("\n")[0])["reviewed_at"],
-                                                                   "2026-01-01T08:00:00+00:00"), encoding="utf-8")
     decide({"case_id": first, "correction": "更正后的回答：先照顾好睡眠。"})
     labelled = tmp_path / "labelled.csv"
     labelled.write_text("question,answer\n最近总是很累怎么办？,先好好休息一下。\n我和室友吵架了,愿意说说发生了什么吗？\n", encoding="utf-8")
@@ -341,6 +357,44 @@ def test_an_endpoint_failure_keeps_the_answers_and_the_same_command_goes_on(tmp_
     assert not (tmp_path / "e" / "candidates.partial.jsonl").exists()
 
 
+def test_a_withdrawal_takes_back_what_earlier_reviews_kept_and_a_later_accept_trains_again(tmp_path):
+    """Taking an accept back needed deleting its line from the feedback file by hand. A withdraw decision writes a
+    withdrawal line; prep build drops every answer to that question reviewed before it (accepted or corrected), and
+    the withdrawal itself, each in the rejected file with its reason; another question's answers and an accept made
+    after the withdrawal train."""
+    cases, candidates, replies = _two_cases_answered_twice(tmp_path)
+    feedback = tmp_path / "feedback"
+    first, second = (case.case_id for case in cases)
+
+    def decide(when, *decisions):
+        return _decide(tmp_path, candidates, feedback, decisions, when)
+
+    def trained():
+        report = build([feedback], BuildOptions(name="fb", dataset_dir=tmp_path / "ds", test_size=0))
+        answers = {}
+        for row in json.loads((tmp_path / "ds" / "data" / "fb_alpaca.json").read_text(encoding="utf-8")):
+            answers.setdefault(row["instruction"], []).append(row["output"])
+        assert report["rows_in"] == report["kept"] + report["duplicates"] + report["rejected"]
+        return answers, report
+
+    decide("2026-01-01T08:00:00+00:00", {"case_id": first, "accept": [0, 1]}, {"case_id": second, "accept": [0]})
+    decide("2026-01-02T08:00:00+00:00", {"case_id": first, "correction": "更正后的回答：先照顾好睡眠。"})
+    withdrawal, counts = decide("2026-01-03T08:00:00+00:00", {"case_id": first, "withdraw": True}, {"case_id": second, "skip": True})
+    assert (counts["withdrawn"], counts["skipped"], counts["accepted"]) == (1, 1, 0)
+    answers, report = trained()
+    assert answers == {cases[1].question: [replies[(second, 0)]]}
+    assert report["rejected_by_reason"] == {"withdrawn_in_review": 3, "review_withdrawal": 1}
+    rejected = [json.loads(line) for line in (tmp_path / "ds" / "data" / "fb_rejected.jsonl").read_text(encoding="utf-8").splitlines()]
+    withdrawn = [r for r in rejected if r["reason"] == "withdrawn_in_review"]
+    assert all(r["twin"]["source"] == str(withdrawal) and "withdrawn by 张老师 at 2026-01-03T08:00:00+00:00" in r["detail"] for r in withdrawn)
+    assert [r["detail"] for r in rejected if r["reason"] == "review_withdrawal"] == [
+        "a withdrawal, not an answer: it withdrew 3 earlier reviewed answers"]
+
+    decide("2026-01-04T08:00:00+00:00", {"case_id": first, "accept": [1]})
+    answers, _ = trained()
+    assert answers == {cases[0].question: [replies[(first, 1)]], cases[1].question: [replies[(second, 0)]]}
+
+
 def test_review_keeps_every_review_and_every_decision(tmp_path):
     """Chinese reviewer names in one second do not share a file; Ctrl-C or end of input keeps what was decided;
     a reply with U+2028 stays one candidate; a correction to a crisis gets the referral, as accepted answers do."""
@@ -380,6 +434,8 @@ def test_review_keeps_every_review_and_every_decision(tmp_path):
     ({"acept": [0]}, "unknown key 'acept'"),  # a misspelt key skipped the case silently
     ({"skip": "no"}, "not true or false"),
     ({"case_id": 1, "skip": True}, "case_id 1, not the text of a case id"),
+    ({"withdraw": "yes"}, "has withdraw 'yes', not true or false"),
+    ({"accept": [0], "withdraw": True}, "gives accept and withdraw at once"),
 ])
 def test_a_bad_decision_is_one_sentence_naming_its_line(tmp_path, decision, message):
     cases = load_plan(limit_per_kind=1)[:1]
@@ -483,3 +539,17 @@ def test_an_evaluation_folder_named_two_ways_is_one_row_of_the_trend(tmp_path, m
             run_eval(EndpointModel(url, "fake", "系统", 64, 0.7, 0.9), cases, EvalOptions(out, label="base"))
     report = build_report(tmp_path / "evals" / "base")[0].read_text(encoding="utf-8")
     assert report[report.index("## Trend"):].count("| base |") == 1
+
+
+def test_the_terminal_review_reads_each_decision_and_asks_again_on_a_wrong_answer(monkeypatch, capsys):
+    """The keys prep review asks for: sample numbers, e (a correction; empty skips), s, w (withdraw), q."""
+    from prep.review import ask_terminal
+
+    candidates = [{"case_id": "C1", "question": "睡不着怎么办？", "sample": n, "reply_guarded": f"回答{n}"} for n in (0, 1)]
+    for typed, decision in [(["0, 1"], {"accept": [0, 1]}), (["7", "x", "w"], {"withdraw": True}), (["e", "改写的回答"], {"correction": "改写的回答"}),
+                            (["e", ""], {"skip": True}), ([""], {"skip": True}), (["Q"], {"quit": True})]:
+        answers = iter(typed)
+        monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+        assert ask_terminal("C1", candidates) == decision
+        assert next(answers, None) is None  # every typed line was read, none more
+    assert capsys.readouterr().out.count("please answer with sample numbers (0, 1), e, s, w or q") == 2

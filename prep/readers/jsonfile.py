@@ -106,10 +106,12 @@ def item_to_conversation(item: object, provenance: Provenance) -> Conversation:
 
 def _meta(item: dict, provenance: Provenance) -> dict:
     """The annotator's verdict, and for prep review's feedback the review and case it decided (dedup keeps every
-    answer one review accepted for a case)."""
+    answer one review accepted for a case) and whether the line withdraws earlier reviewed answers (prep.feedback)."""
     meta = {"verdict": str(item["verdict"])} if item.get("verdict") not in (None, "") else {}
     if provenance.origin == "feedback" and item.get("case_id") not in (None, ""):
         meta["review_case"] = f"{provenance.source}#{item['case_id']}"
+    if provenance.origin == "feedback" and item.get("withdraw") is True:
+        meta["withdraw"] = True
     return meta
 
 
