@@ -26,7 +26,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from prep.chat import ChatSession, GenerationOptions, latest_merged_model  # noqa: E402
 from prep.text import clean_message  # noqa: E402
-from prep.errors import PrepError  # noqa: E402
+from prep.errors import PrepError, file_error_sentence  # noqa: E402
 from prep.fsutil import atomic_write_json  # noqa: E402
 from prep.prompts import DEFAULT_SYSTEM_PROMPT  # noqa: E402
 from prep.safety import DEFAULT_HOTLINES  # noqa: E402
@@ -210,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader (| head) stopped reading: nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as err:
+        if err.filename is None:
+            raise
+        print(f"error: {file_error_sentence(err)}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -97,7 +97,12 @@ def _token_counts(records: list[Conversation], tokenizer_dir: Path | None, syste
         return None
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except Exception as err:  # an incomplete or corrupt folder: transformers raises ValueError, OSError, JSONDecodeError...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PrepError(f"--tokenizer {tokenizer_dir}: cannot be loaded ({reason[:200]}); expected a complete tokenizer folder "
+                        "(tokenizer_config.json with tokenizer.json or tokenizer.model).") from None
     messages = [[{"role": "system", "content": rec.system or system}] + [{"role": t.role, "content": t.content} for t in rec.turns]
                 for rec in records]
     if tokenizer.chat_template:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from prep.errors import PrepError
+from prep.errors import PrepError, file_error_sentence
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
 from prep.resources import bundled
 
@@ -262,6 +262,11 @@ def main() -> None:
         app()
     except PrepError as err:
         typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except OSError as err:
+        if err.filename is None:  # not about a path (a network error is the commands' own to report)
+            raise
+        typer.echo(f"error: {file_error_sentence(err)}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         _interrupted()

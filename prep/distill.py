@@ -537,13 +537,7 @@ def default_processes(concurrency: int) -> int:
 
 def distill(config: DistillConfig) -> RunStats:
     """Run (or resume) a distillation and return its statistics; one run per journal at a time."""
-    if config.requests < 0 or config.concurrency < 1 or config.pairs_per_request < 1:
-        raise PrepError("--requests must be >= 0, --concurrency and --pairs-per-request >= 1.")
-    if config.max_attempts < 1 or config.max_tokens < 1 or not config.timeout_s > 0 or not config.poll_s > 0:
-        raise PrepError(f"--max-attempts {config.max_attempts} and --max-tokens {config.max_tokens} must be 1 or more, "
-                        f"--timeout {config.timeout_s} and --poll-interval {config.poll_s} more than 0.")
-    if config.max_cost is not None and not config.max_cost > 0:
-        raise PrepError(f"--max-cost {config.max_cost}: expected an amount in dollars above 0.")
+    check_options(config)
     if Path(config.out).is_dir():
         raise PrepError(f"--out {config.out}: is a folder; expected the journal file (JSONL) to write or resume.")
     _check_is_journal(Path(config.out))
@@ -553,9 +547,39 @@ def distill(config: DistillConfig) -> RunStats:
         return _distill(config)
 
 
+def check_options(config: DistillConfig) -> None:
+    """Refuse options that cannot work, before anything is written (the journal's folder, its lock)."""
+    if config.requests < 0 or config.concurrency < 1 or config.pairs_per_request < 1:
+        raise PrepError("--requests must be >= 0, --concurrency and --pairs-per-request >= 1.")
+    if config.max_attempts < 1 or config.max_tokens < 1 or not config.timeout_s > 0 or not config.poll_s > 0:
+        raise PrepError(f"--max-attempts {config.max_attempts} and --max-tokens {config.max_tokens} must be 1 or more, "
+                        f"--timeout {config.timeout_s} and --poll-interval {config.poll_s} more than 0.")
+    if config.max_cost is not None and not config.max_cost > 0:
+        raise PrepError(f"--max-cost {config.max_cost}: expected an amount in dollars above 0.")
+    if not 0.0 <= config.temperature <= 2.0:  # the API's range; NaN was sent, refused, and retried as a bad response
+        raise PrepError(f"--temperature {config.temperature}: expected a number from 0 to 2.")
+    if not (config.price_in_per_m >= 0 and config.price_out_per_m >= 0):
+        raise PrepError(f"--price-in {config.price_in_per_m} / --price-out {config.price_out_per_m}: expected dollars per "
+                        "million tokens, 0 or more.")
+    if not 0.0 <= config.multi_turn_ratio <= 1.0:
+        raise PrepError(f"--multi-turn-ratio {config.multi_turn_ratio}: expected a fraction from 0 to 1.")
+    if config.batch and config.max_cost is not None:
+        raise PrepError("--max-cost cannot cap a --batch run (a batch is priced after it ends); cap it with --requests.")
+    if config.processes is not None and config.processes < 1:
+        raise PrepError(f"--processes {config.processes}: expected 1 or more.")
+    if os.name != "posix" and config.processes not in (None, 1):
+        raise PrepError("--processes above 1 needs Linux or macOS (appends from several processes to one journal).")
+    if config.batch and config.processes not in (None, 1):
+        raise PrepError("--processes applies to live requests; a --batch run uploads its requests as files, leave it out.")
+
+
+_JOURNAL_START = b'{"request_id"'  # every journal line's first key (base_entry)
+
+
 def _check_is_journal(out: Path) -> None:
     """Refuse an --out that holds something other than a journal (a dataset given by mistake would have the run's
-    lines appended to it); an empty file or one torn first line (a crash in the first write) is a journal."""
+    lines appended to it); an empty file or a torn first journal line (a crash in the first write) is a journal, a
+    one-line file without a final newline (a compact json.dump of a dataset) is not."""
     try:
         with out.open("rb") as file:
             first = next((line for line in file if line.strip()), b"")
@@ -563,7 +587,7 @@ def _check_is_journal(out: Path) -> None:
         return
     except OSError as err:
         raise PrepError(f"--out {out}: cannot be read ({err.strerror or err}); expected the journal file (JSONL) to write or resume.") from None
-    if not first or not first.endswith(b"\n"):
+    if not first or (not first.endswith(b"\n") and (first.startswith(_JOURNAL_START) or _JOURNAL_START.startswith(first))):
         return
     try:
         entry = json.loads(first)
@@ -615,16 +639,6 @@ def journal_cost(out: Path, config: DistillConfig) -> float:
 
 
 def _distill(config: DistillConfig) -> RunStats:
-    if not 0.0 <= config.multi_turn_ratio <= 1.0:
-        raise PrepError(f"--multi-turn-ratio {config.multi_turn_ratio}: expected a fraction from 0 to 1.")
-    if config.batch and config.max_cost is not None:
-        raise PrepError("--max-cost cannot cap a --batch run (a batch is priced after it ends); cap it with --requests.")
-    if config.processes is not None and config.processes < 1:
-        raise PrepError(f"--processes {config.processes}: expected 1 or more.")
-    if os.name != "posix" and config.processes not in (None, 1):
-        raise PrepError("--processes above 1 needs Linux or macOS (appends from several processes to one journal).")
-    if config.batch and config.processes not in (None, 1):
-        raise PrepError("--processes applies to live requests; a --batch run uploads its requests as files, leave it out.")
     if config.batch:
         from prep.distill_batch import BatchDistiller
 

@@ -376,6 +376,10 @@ def _checked_out_dir(cases: list[TestCase], options: EvalOptions) -> Path:
     out = Path(options.out_dir)
     if out.exists() and not out.is_dir():
         raise PrepError(f"--out {out}: is a file; expected a folder for candidates.jsonl, metrics.json and the report.")
+    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):  # found now, not after a model has loaded
+        raise PrepError(f"--out {out}: cannot be written ({existing} is {'not a folder' if not existing.is_dir() else 'not writable'}); "
+                        "expected a folder this user may write for candidates.jsonl, metrics.json and the report.")
     return out
 
 

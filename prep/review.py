@@ -37,9 +37,10 @@ def load_candidates(path: Path) -> dict[str, list[dict]]:
     """Candidates grouped by case, in file order."""
     groups: dict[str, list[dict]] = {}
     for number, candidate in json_lines(path, "candidates file"):
-        if not (isinstance(candidate, dict) and all(_is(candidate.get(k), t) for k, t in CANDIDATE_KEYS.items())):
+        if not (isinstance(candidate, dict) and all(_is(candidate.get(k), t) for k, t in CANDIDATE_KEYS.items())
+                and _is_history(candidate.get("history"))):
             raise PrepError(f"{path}: line {number} is not a candidate (JSON with case_id, question, sample and "
-                            "reply_guarded, as prep eval writes).")
+                            "reply_guarded, and a history of [question, answer] pairs of text if any, as prep eval writes).")
         group = groups.setdefault(candidate["case_id"], [])
         if any(c["sample"] == candidate["sample"] or c["question"] != candidate["question"] for c in group):
             raise PrepError(f"{path}: line {number} repeats case {candidate['case_id']} (sample {candidate['sample']}, or "
@@ -48,6 +49,11 @@ def load_candidates(path: Path) -> dict[str, list[dict]]:
     if not groups:
         raise PrepError(f"{path}: holds no candidates; expected the candidates.jsonl of a prep eval.")
     return groups
+
+
+def _is_history(history: object) -> bool:
+    return history is None or (isinstance(history, list) and all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(text, str) for text in pair) for pair in history))
 
 
 def _is(value: object, kind: type) -> bool:

@@ -155,6 +155,10 @@ def build_tiny_model(out_dir: Path, inputs: list[Path], vocab_size: int = 3000, 
     ``initializer_range`` is larger than Llama's 0.02 on purpose: with a frozen random
     ``lm_head`` that small, LoRA could never make the logits sharp enough to learn anything.
     """
+    if hidden_size < heads or hidden_size % (2 * heads) or layers < 1 or vocab_size < 1:
+        raise PrepError(f"--hidden-size {hidden_size}, --layers {layers}, --vocab-size {vocab_size}: expected a hidden size that is a "
+                        f"multiple of {2 * heads} (its {heads} attention heads, each of an even size), 1 or more layers and a "
+                        "vocabulary of 1 or more.")
     check_tiny_model_folder(Path(out_dir))
     texts = corpus_from_inputs(inputs)
     if not texts:

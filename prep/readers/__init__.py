@@ -9,6 +9,7 @@ account for every row; a file that cannot be read at all raises
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -36,13 +37,31 @@ READERS = {
 DISTILL_SIDE_FILES = re.compile(r".+\.batch-input-[0-9a-f]+\.jsonl|.+\.batches\.jsonl")
 
 
+# Files and folders in a folder that are no one's data: hidden ones (.git, .ipynb_checkpoints' copies of every notebook's
+# CSV), macOS's __MACOSX and ._NAME resource forks, and Office's ~$NAME lock files of an open workbook.
+_NOT_DATA = re.compile(r"[.~]|__MACOSX$")
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """Every file under ``folder``, skipping what is not data (``_NOT_DATA``); a subfolder it cannot list is an error
+    (rglob skipped it silently, and its rows with it)."""
+    def unreadable(err: OSError) -> None:
+        raise err
+
+    files = []
+    for root, folders, names in os.walk(folder, onerror=unreadable):
+        folders[:] = sorted(name for name in folders if not _NOT_DATA.match(name))
+        files += [Path(root) / name for name in names if not _NOT_DATA.match(name)]
+    return files
+
+
 def supported_files(path: Path) -> list[Path]:
     """The input files behind ``path``: the file itself, or every supported file in a folder."""
     path = Path(path)
     if not path.exists():
         raise PrepError(f"{path}: no such file or folder.")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS
+        files = sorted(p for p in _folder_files(path) if p.is_file() and p.suffix.lower() in READERS
                        and not DISTILL_SIDE_FILES.fullmatch(p.name))
         if not files:
             raise PrepError(f"{path}: folder holds no supported file (expected {', '.join(sorted(READERS))}).")

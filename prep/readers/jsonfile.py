@@ -167,9 +167,19 @@ def read_journal_entries(path: Path, entries: list[tuple[int, dict]], origin: st
 def read_jsonl(path: Path, origin: str = "labelled") -> Iterator[Conversation | Rejected]:
     """Yield records from JSON Lines; a malformed line is a rejected row, not a crash.
 
-    A ``prep distill`` journal is recognised by its lines and read as distilled data.
+    A ``prep distill`` journal is recognised by its lines and read as distilled data. A file that is one JSON array
+    (``json.dump`` saved as .jsonl; LLaMA-Factory's loader reads it) is read as one: line by line it was a rejected
+    row per line and the build went on without its data.
     """
     text = read_text_file(path)
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, list):
+            yield from _records(data, path, "item", origin)
+            return
     journal: list[tuple[int, dict]] = []
     for number, line in enumerate(lines_of(text), start=1):
         if not line.strip():
