@@ -30,7 +30,7 @@ with open(sys.argv[2], "w", encoding="utf-8") as out:
 PY
 prep review "$LOOP/eval/iter1/candidates.jsonl" --reviewer loop-demo --accept "$LOOP/decisions.jsonl" --out-dir "$LOOP/feedback"
 
-echo "==> iteration 2: build with the feedback (written first: the demo trains on the first 48 rows), train, merge"
+echo "==> iteration 2: build with the feedback (written first: the demo trains on the first 24 rows), train, merge"
 prep build data/seed "$LOOP/feedback" --name psy_loop --test-size 0
 bash run_sft.sh demo --dataset psy_loop_alpaca --output runs/loop2 >/dev/null
 echo "==> iteration 2: evaluate (compared with iteration 1; the reviewed questions are now training questions: trained_on)"

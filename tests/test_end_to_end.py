@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import QA, ROOT, derived_config, run, terminal_signals, tool_env
+from prep.metrics import rouge_l
 
 pytestmark = pytest.mark.slow
 
@@ -142,8 +143,11 @@ def test_run_sft_demo_then_checks_that_fail_fast(tmp_path):
     assert losses[-1] < losses[0] - 2, f"the demo did not learn: {losses}"
     registry = json.loads((repo / "dataset_info.json").read_text(encoding="utf-8"))
     assert {"psy_seed_alpaca", "psy_seed_sharegpt", "psy_seed_test"} <= registry.keys()
-    after = demo.stdout.split("==> Asking the merged model", 1)[1].splitlines()
-    assert after[1].strip(), demo.stdout[-2000:]  # the chat answer is printed after the banner
+    # The answer to the training question it asks is the trained answer: with 48 rows in 300 steps most answers were
+    # noise (ROUGE-L 0.09 for this one), which looked like a broken pipeline.
+    reply = demo.stdout.split("==> Asking the merged model", 1)[1].split("\n", 1)[1].split("\nLoss curve:")[0].strip()
+    trained = json.loads((repo / "data" / "psy_seed_alpaca.json").read_text(encoding="utf-8"))[0]["output"]
+    assert rouge_l(reply, trained) >= 0.5, (reply, trained)
     manifest = json.loads((repo / "runs" / "demo" / "run_manifest.json").read_text(encoding="utf-8"))
     assert manifest["status"] == "finished" and manifest["exit_code"] == 0
     assert manifest["datasets"] and all(len(h) == 64 for h in manifest["datasets"].values())
@@ -151,7 +155,7 @@ def test_run_sft_demo_then_checks_that_fail_fast(tmp_path):
     report = (repo / "runs" / "demo" / "report.md").read_text(encoding="utf-8")
     assert "best eval loss" in report and "training_loss.png" in report
     # The merged model is the last, most trained one: the held-out rows' loss only rises on the tiny model, so the
-    # "best" checkpoint by it was step 100 of 300 (train loss 3.8 instead of 1.7).
+    # "best" checkpoint by it was step 100 of 300 (train loss 1.1 instead of 0.31).
     state = json.loads((lora / "trainer_state.json").read_text(encoding="utf-8"))
     assert state["global_step"] == 300 and not state.get("best_model_checkpoint"), state.get("best_model_checkpoint")
 
