@@ -259,6 +259,7 @@ def _parse_with_llamafactory(config: dict) -> None:
     if _wants_gpu(checked):
         checked.pop("deepspeed", None)  # DeepSpeed itself is checked at launch, not by the parser
     _check_value_types(checked)
+    _check_ranges(checked)
     try:
         get_train_args(checked)
     except (ValueError, TypeError, KeyError, AssertionError) as err:  # (it asserts some choices, e.g. finetuning_type)
@@ -295,6 +296,23 @@ def _check_value_types(config: dict) -> None:
         problem = _value_problem(value, kinds)
         if problem:
             raise PrepError(f"the config's {key}: {value!r} is not {problem}.")
+
+
+# Values LLaMA-Factory's parser passes although no run can use them: a negative learning rate trains away from the
+# data without an error; a batch size, cutoff_len or LoRA rank of 0 fails after the model has loaded.
+_AT_LEAST_ONE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "cutoff_len", "lora_rank")
+
+
+def _check_ranges(config: dict) -> None:
+    for key in _AT_LEAST_ONE:
+        if isinstance(config.get(key), (int, float)) and config[key] < 1:
+            raise PrepError(f"the config's {key}: {config[key]!r} is not 1 or more.")
+    rate = config.get("learning_rate")
+    if isinstance(rate, (int, float)) and not rate > 0:
+        raise PrepError(f"the config's learning_rate: {rate!r} is not above 0.")
+    for key in ("val_size", "warmup_ratio"):
+        if isinstance(config.get(key), (int, float)) and not config[key] >= 0:
+            raise PrepError(f"the config's {key}: {config[key]!r} is not 0 or more.")
 
 
 def _kinds(declared: object) -> list:

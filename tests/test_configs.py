@@ -252,6 +252,10 @@ def test_a_failed_training_suggests_resume_only_when_there_is_a_checkpoint(tiny_
     ({"max_steps": "two"}, "the config's max_steps: 'two' is not a whole number."),
     ({"stage": "sfr"}, "the config's stage: 'sfr' is not one of pt, sft, rm, ppo, dpo, kto."),
     ({"learning_rate": "3e-3x"}, "the config's learning_rate: '3e-3x' is not a number."),
+    # values LLaMA-Factory's parser passes: a negative rate trains away from the data, the others fail after loading
+    ({"learning_rate": -1}, "the config's learning_rate: -1 is not above 0."),
+    ({"per_device_train_batch_size": 0}, "the config's per_device_train_batch_size: 0 is not 1 or more."),
+    ({"cutoff_len": -5}, "the config's cutoff_len: -5 is not 1 or more."),
 ])
 def test_a_bad_method_or_template_is_one_sentence_before_the_run(tiny_model, tmp_path, changes, message):
     """finetuning_type: lroa was a traceback (an AssertionError) in the check; template: llama33 passed it and failed
@@ -308,11 +312,12 @@ def test_values_llamafactory_takes_are_not_refused_by_the_kind_check():
     dataclass fields' types in place, str | bool to bool, and include_num_input_tokens_seen: non_padding was refused)."""
     from llamafactory.hparams import get_train_args
 
-    from prep.runs import _check_value_types
+    from prep.runs import _check_ranges, _check_value_types
 
     get_train_args(yaml.safe_load((ROOT / "factory_configs" / "demo_cpu_lora_sft.yaml").read_text(encoding="utf-8")))
     for path in sorted((ROOT / "factory_configs").glob("*.yaml")):
         _check_value_types(yaml.safe_load(path.read_text(encoding="utf-8")))
+        _check_ranges(yaml.safe_load(path.read_text(encoding="utf-8")))
     _check_value_types({"lora_alpha": 16.0, "fp16": 0, "bf16": 1, "learning_rate": "3e-3", "lr_scheduler_type": "cosine_with_restarts",
                         "report_to": "none", "lora_target": "all", "max_samples": None})
 
