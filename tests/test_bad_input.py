@@ -154,3 +154,21 @@ def test_tiny_model_shapes_that_cannot_be_built_are_one_sentence(tmp_path, optio
     result = prep_cli("tiny-model", str(tmp_path / "m"), "--data", str(ROOT / "data" / "seed"), *option)
     one_sentence(result, "expected a hidden size that is a multiple of 8")
     assert not (tmp_path / "m").exists()
+
+
+def test_table_mistakes_say_what_is_wrong(tmp_path):
+    """A UTF-8 file with a NUL byte was 'cannot decode the bytes as text; expected UTF-8'; a comma file named .tsv
+    said only which columns it found; with both answer and output columns, output was dropped without a word."""
+    nul = tmp_path / "nul.csv"
+    nul.write_bytes("question,answer\n你好,世界\n坏\x00行,答\n".encode("utf-8"))
+    with pytest.raises(PrepError, match=r"nul.csv: line 3 holds a NUL byte \(1 in the file\)"):
+        list(read_path(nul))
+    commas = tmp_path / "commas.tsv"
+    commas.write_text("question,answer,category\n你好,世界,x\n", encoding="utf-8")
+    with pytest.raises(PrepError, match="the file looks comma-separated"):
+        list(read_path(commas))
+    both = write_csv(tmp_path / "both.csv", [("你好", "世界", "另一个回答")], header="question,answer,output")
+    with pytest.raises(PrepError, match="columns 'answer', 'output' all name the answer and hold different text"):
+        list(read_path(both))
+    empty_twin = write_csv(tmp_path / "twin.csv", [("你好", "世界", "")], header="question,answer,output")
+    assert [rec.final_answer for rec in read_path(empty_twin)] == ["世界"]  # an empty second column is no conflict

@@ -67,11 +67,10 @@ def _detect(path: Path) -> str:
         return _decode(path, data, "utf-8-sig")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return _decode(path, data, "utf-16")
-    try:
-        text = data.decode("utf-8")
-        if "\x00" not in text:
-            return text
-    except UnicodeDecodeError:
+    utf8 = _strict(data, "utf-8")
+    if utf8 is not None and "\x00" not in utf8:
+        return utf8
+    if utf8 is None:
         _refuse_mixed_utf8(path, data)
     # GB18030 decodes almost any bytes, so Big5 comes out as mojibake (~half private-use characters). Big5 is
     # taken only when GB18030's result is implausible and Big5's is less so: Big5 also decodes most GBK bytes.
@@ -82,6 +81,9 @@ def _detect(path: Path) -> str:
     if candidates:
         return min(candidates, key=_unlikely_share)
     best = from_bytes(data).best()
+    if utf8 is not None and (best is None or "\x00" in str(best)):  # UTF-8 text but for NUL bytes (a file cut by a crash, a binary)
+        raise PrepError(f"{path}: line {utf8.count(chr(10), 0, utf8.index(chr(0))) + 1} holds a NUL byte ({utf8.count(chr(0))} in the "
+                        "file); expected text without NUL bytes (remove them, or save the file again from its editor).")
     if best is None or "\x00" in str(best):
         raise PrepError(f"{path}: cannot decode the bytes as text; expected UTF-8, UTF-8 with BOM or GBK/GB18030.")
     return str(best)

@@ -121,11 +121,25 @@ def _resolve_columns(path: Path, frame: pd.DataFrame) -> dict[str, str]:
     found = _find_columns(frame)
     if found is None:
         columns = ", ".join(map(str, frame.columns)) or "none"
+        one_cell = str(frame.columns[0]) if len(frame.columns) == 1 else ""
+        separator = next((name for sep, name in ((",", "comma"), ("\t", "tab"), (";", "semicolon")) if sep in one_cell), None)
+        hint = (f"; the header is one cell holding {separator}s: the file looks {separator}-separated (name it .csv for "
+                "commas, .tsv for tabs)" if separator else "")
         raise PrepError(
-            f"{path}: no question/answer columns (found: {columns}); expected question/instruction/问题 "
+            f"{path}: no question/answer columns (found: {columns}){hint}; expected question/instruction/问题 "
             "and answer/output/回答 columns, or a text column in the <s>Human: format."
         )
     return found
+
+
+def _refuse_two_columns(path: Path, frame: pd.DataFrame, canonical: str) -> None:
+    """Two columns that both name the question (or the answer) and hold different text: which one trains? (The
+    first alias was read and the other dropped without a word.)"""
+    columns = [col for col in frame.columns if str(col).strip().lower() in COLUMN_ALIASES[canonical]]
+    filled = [col for col in columns if frame[col].fillna("").astype(str).str.strip().ne("").any()]
+    if len(filled) > 1 and any(not frame[filled[0]].fillna("").equals(frame[col].fillna("")) for col in filled[1:]):
+        raise PrepError(f"{path}: columns {', '.join(map(repr, map(str, filled)))} all name the {canonical} and hold different "
+                        f"text; expected one {canonical} column (rename or remove the others).")
 
 
 def read_table(path: Path, origin: str = "labelled") -> Iterator[Conversation | Rejected]:
@@ -144,6 +158,8 @@ def read_table(path: Path, origin: str = "labelled") -> Iterator[Conversation | 
             yield Rejected("sheet_without_columns", Provenance(str(path), f"sheet {name}", origin=origin),
                            detail=f"no question/answer or text columns (found: {found}); {len(frame)} rows not read")
             continue
+        for canonical in ("question", "answer"):
+            _refuse_two_columns(path, frame, canonical)
         yield from _read_frame(path, frame, columns, where, origin)
 
 
