@@ -89,6 +89,9 @@ def share_warning(records: int, test: int, test_size: float, groups: list[int] |
     if test_size <= 0 or records < 20 or abs(test / records - test_size) <= test_size / 2:
         return None
     largest = Counter(groups).most_common(1)[0][1] if groups else 1
-    return (f"the test split holds {test / records:.1%} of the kept rows instead of about {test_size:.0%}: "
-            f"the largest group (near duplicates and dialogues sharing a turn) has {largest} rows ({largest / records:.0%}) and a group "
-            "goes to one side whole; check the inputs for templated or repeated questions.")
+    share = f"the test split holds {test / records:.1%} of the kept rows instead of about {test_size:.0%}"
+    if largest / records < test_size / 2 and test / records < test_size / 2:  # no group is big enough to explain it
+        return (f"{share}: were the inputs an earlier build's training file? Its rows are the ones this --seed sends to "
+                "training again; build from that build's inputs, or use another --seed.")
+    return (f"{share}: the largest group (near duplicates and dialogues sharing a turn) has {largest} rows ({largest / records:.0%}) "
+            "and a group goes to one side whole; check the inputs for templated or repeated questions.")

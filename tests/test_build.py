@@ -338,6 +338,17 @@ def test_a_lopsided_split_is_reported_with_its_cause():
     assert "90 rows (90%)" in message
 
 
+def test_a_rebuild_from_an_earlier_builds_training_file_is_told_why_nothing_is_held_out(tmp_path):
+    """The split is a stable hash of each question and the seed, so a training file built again with the same seed
+    holds nothing out; the warning blamed templated or repeated questions."""
+    first = build([ROOT / "data" / "seed"], BuildOptions(name="s", dataset_dir=tmp_path))
+    assert first["test"] > 0 and not first["warnings"]
+    again = build([tmp_path / "data" / "s_alpaca.json"], BuildOptions(name="again", dataset_dir=tmp_path))
+    assert again["test"] == 0 and any("were the inputs an earlier build's training file?" in w for w in again["warnings"])
+    other_seed = build([tmp_path / "data" / "s_alpaca.json"], BuildOptions(name="again", dataset_dir=tmp_path, seed=7))
+    assert other_seed["test"] > 0 and not any("earlier build" in w for w in other_seed["warnings"])
+
+
 def test_outputs_get_the_usual_file_mode_not_the_temp_files_0600(tmp_path):
     """Atomic writes go through mkstemp (mode 0600); the dataset, report and registry must get the mode any file the
     user writes gets (0644 under umask 022), or a shared training box cannot read them; a rewrite keeps the mode."""
