@@ -172,3 +172,11 @@ def test_table_mistakes_say_what_is_wrong(tmp_path):
         list(read_path(both))
     empty_twin = write_csv(tmp_path / "twin.csv", [("你好", "世界", "")], header="question,answer,output")
     assert [rec.final_answer for rec in read_path(empty_twin)] == ["世界"]  # an empty second column is no conflict
+
+
+def test_a_ragged_csv_is_one_line_naming_the_row(tmp_path):
+    """pandas' message ended in a line break, which split the sentence in two."""
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("question,answer\n你好,世界\n多,了,三,个,格\n", encoding="utf-8")
+    one_sentence(prep_cli("build", str(ragged), "--name", "r", "--dataset-dir", str(tmp_path)),
+                 "malformed CSV", "Expected 2 fields in line 3, saw 5); expected one header row")

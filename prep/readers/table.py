@@ -56,7 +56,9 @@ def _load_frames(path: Path) -> list[tuple[str | None, pd.DataFrame]]:
         frame.attrs["first_row"] = first_row
         return [(None, frame)]
     except pd.errors.ParserError as err:
-        raise PrepError(f"{path}: malformed {suffix[1:].upper()} ({err}).") from None
+        reason = " ".join(str(err).split())  # pandas ends its message with a line break
+        raise PrepError(f"{path}: malformed {suffix[1:].upper()} ({reason}); expected one header row and rows of the same "
+                        "number of cells, quotes closed.") from None
     except pd.errors.EmptyDataError:
         raise PrepError(f"{path}: the file is empty; expected a header row with question and answer columns.") from None
 
