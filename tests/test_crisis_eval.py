@@ -1,11 +1,11 @@
 """The crisis detector on labelled messages it was never trained or tuned on.
 
-data/tests/crisis_holdout2.csv to crisis_holdout11.csv were each written by an
+data/tests/crisis_holdout2.csv to crisis_holdout12.csv were each written by an
 author who saw neither the detector nor the other sets; the classifier trains
 on data/safety/*.csv and the seed, and its settings were chosen by
 cross-validation on those (bench/crisis_detector.py --cv). The chat issue's
 targets are recall >= 0.95 and false-positive rate <= 0.05: met over all the
-blind sets together (1,420 + 1,420 messages); per set, a 100- to 150-message half carries a
+blind sets together (1,570 + 1,570 messages); per set, a 100- to 150-message half carries a
 binomial spread of about +-0.02, and the per-set floors below are what the
 detector reaches on each set today (bench/README.md), so a change that makes it
 worse fails here.
@@ -18,12 +18,12 @@ from conftest import ROOT
 from prep.crisis_model import THRESHOLD
 from prep.safety import crisis_score, detect_crisis, detect_crises
 
-BLIND_SETS = [f"crisis_holdout{n}.csv" for n in range(2, 12)]
-RECALL_FLOOR = 0.94  # target 0.95 per set: 1.000, 0.983, 0.973, 0.967, 0.947, 0.980, 0.973, 0.953, (0.927), 0.960
+BLIND_SETS = [f"crisis_holdout{n}.csv" for n in range(2, 13)]
+RECALL_FLOOR = 0.94  # target 0.95 per set: 1.000, 0.983, 0.973, 0.967, 0.947, 0.980, 0.973, 0.953, (0.927), 0.960, 0.953
 # holdout10 (session 13) was scored blind once at 0.927: six of its fourteen professionals telling their own crisis
 # (我是心理咨询师…可最近我自己每天都在想割腕) are missed, the classifier vetoing the lexicon (bench/README.md).
 RECALL_FLOORS = {"crisis_holdout10.csv": 0.92}
-FALSE_POSITIVE_CEILING = 0.08  # target 0.05 per set: 0.010, 0.058, 0.047, 0.007, 0.033, 0.033, 0.073, 0.067, 0.053, 0.033
+FALSE_POSITIVE_CEILING = 0.08  # target 0.05 per set: 0.010, 0.058, 0.047, 0.007, 0.033, 0.033, 0.073, 0.067, 0.053, 0.033, 0.073
 
 
 def rates(frame, use_model=True):
@@ -82,8 +82,8 @@ def test_a_crisis_message_inside_a_long_one_is_still_found():
     windows of two neighbouring sentences (55%), under the whole message's discounts. Ordinary messages joined five at
     a time are the false-alarm side (each part alone fires 4% of the time, so five joined would fire about 19% of
     the time if sent one by one). The same messages typed with commas only, as on a phone, were found 28% of the
-    time when only full stops made windows; in pieces cut at the commas, 59%. Over the ten blind sets today: 62% and
-    65%, false alarms 8.1% and 8.9%."""
+    time when only full stops made windows; in pieces cut at the commas, 59%. Over the eleven blind sets today: 61% and
+    64%, false alarms 8.2% and 8.5%."""
     import random
     import re
 
