@@ -587,7 +587,9 @@ def _check_is_journal(out: Path) -> None:
         return
     except OSError as err:
         raise PrepError(f"--out {out}: cannot be read ({err.strerror or err}); expected the journal file (JSONL) to write or resume.") from None
-    if not first or (not first.endswith(b"\n") and (first.startswith(_JOURNAL_START) or _JOURNAL_START.startswith(first))):
+    start = first.removeprefix(b"\xef\xbb\xbf").strip()
+    # A journal line, whole or torn by a crash (then a resume closes it with a newline), or the torn start of one.
+    if not start or start.startswith(_JOURNAL_START) or (not first.endswith(b"\n") and _JOURNAL_START.startswith(start)):
         return
     try:
         entry = json.loads(first)

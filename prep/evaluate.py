@@ -376,10 +376,13 @@ def _checked_out_dir(cases: list[TestCase], options: EvalOptions) -> Path:
     out = Path(options.out_dir)
     if out.exists() and not out.is_dir():
         raise PrepError(f"--out {out}: is a file; expected a folder for candidates.jsonl, metrics.json and the report.")
-    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):  # found now, not after a model has loaded
-        raise PrepError(f"--out {out}: cannot be written ({existing} is {'not a folder' if not existing.is_dir() else 'not writable'}); "
-                        "expected a folder this user may write for candidates.jsonl, metrics.json and the report.")
+    # Found now, not after a model has loaded and answered: --out itself and the folder of the trend file next to it.
+    for folder in (out, history_path(out).parent):
+        existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise PrepError(f"--out {out}: cannot be written ({existing} is {'not a folder' if not existing.is_dir() else 'not writable'}); "
+                            f"expected a folder this user may write for candidates.jsonl, metrics.json and the report, in a "
+                            f"folder it may write for the trend ({HISTORY_FILE}).")
     return out
 
 

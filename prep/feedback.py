@@ -2,8 +2,8 @@
 
 A review can take back what earlier reviews accepted for a question (the ``withdraw`` decision): it writes a
 withdrawal line, the dialogue with an empty answer and ``"withdraw": true``. ``apply_withdrawals`` drops every
-reviewed answer to the same dialogue (history and question) reviewed no later than the withdrawal, and the withdrawal
-line itself, each rejected with its reason; an accept made after the withdrawal trains again.
+reviewed answer to the same dialogue (history and question) reviewed before the withdrawal, and the withdrawal line
+itself, each rejected with its reason; an accept made after the withdrawal trains again.
 """
 
 from __future__ import annotations
@@ -55,13 +55,14 @@ def apply_withdrawals(records: list[Conversation]) -> StepResult:
 
 
 def _withdrawn_by(rec: Conversation, withdrawals: list[Conversation]) -> Conversation | None:
-    """The newest withdrawal that takes back ``rec``: a reviewed answer reviewed no later than it (an answer without a
-    readable review time counts as the oldest)."""
+    """The newest withdrawal that takes back ``rec``: a reviewed answer of another review, reviewed before it (an answer
+    without a readable review time counts as the oldest). Reviews are timed to the millisecond, so an accept made
+    right after a withdrawal (a script's next command) is not taken back with it."""
     if rec.provenance.origin != "feedback" or not withdrawals:
         return None
     reviewed = rec.provenance.created_timestamp()
     later = [(when, w) for w in withdrawals if (when := w.provenance.created_timestamp()) is not None
-             and (reviewed is None or reviewed <= when)]
+             and w.provenance.source != rec.provenance.source and (reviewed is None or reviewed < when)]
     return max(later, key=lambda pair: pair[0])[1] if later else None
 
 

@@ -158,7 +158,7 @@ def review(candidates_path: Path, reviewer: str, decisions_path: Path | None = N
         # Asked with the default prompt: none written, so that prep build --system gives the rows the run's prompt.
         system = first.get("system") if first.get("system") != DEFAULT_SYSTEM_PROMPT else None
         base = {"input": "", **({"system": system} if system else {}), "history": first.get("history") or [],
-                "origin": "feedback", "reviewer": reviewer, "reviewed_at": now.isoformat(timespec="seconds"),
+                "origin": "feedback", "reviewer": reviewer, "reviewed_at": now.isoformat(timespec="milliseconds"),
                 "case_id": case_id, "candidates": str(candidates_path)}
         if decision.get("withdraw"):
             rows.append({"instruction": first["question"], "output": "", "sample": None, "withdraw": True, **base})

@@ -165,16 +165,18 @@ def max_samples_warnings(config: dict, files: dict[str, list[Path]]) -> list[str
 
 
 def _count_rows(file: Path) -> int | None:
-    """Rows in a JSON list or JSON Lines dataset file; None for other formats or a file that does not parse."""
+    """Rows in a JSON list or JSON Lines dataset file (a JSON list saved as .jsonl, which LLaMA-Factory's loader reads,
+    counted as the list); None for other formats or a file that does not parse."""
+    if file.suffix not in (".json", ".jsonl"):
+        return None
     try:
-        if file.suffix == ".jsonl":
-            return sum(1 for line in read_input(file, "dataset").splitlines() if line.strip())
-        if file.suffix == ".json":
-            data = json.loads(read_input(file, "dataset"))
-            return len(data) if isinstance(data, list) else None
+        text = read_input(file, "dataset")
+        if file.suffix == ".jsonl" and not text.lstrip().startswith("["):
+            return sum(1 for line in text.splitlines() if line.strip())
+        data = json.loads(text)
     except (json.JSONDecodeError, PrepError):
         return None
-    return None
+    return len(data) if isinstance(data, list) else None
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -304,14 +306,19 @@ _AT_LEAST_ONE = ("per_device_train_batch_size", "per_device_eval_batch_size", "g
 
 
 def _check_ranges(config: dict) -> None:
+    def number(key: str) -> float | None:  # PyYAML reads -1e-4 (no dot) as text; LLaMA-Factory takes it as a number
+        try:
+            return float(config[key]) if not isinstance(config.get(key), bool) and config.get(key) is not None else None
+        except (TypeError, ValueError):
+            return None
+
     for key in _AT_LEAST_ONE:
-        if isinstance(config.get(key), (int, float)) and config[key] < 1:
+        if number(key) is not None and number(key) < 1:
             raise PrepError(f"the config's {key}: {config[key]!r} is not 1 or more.")
-    rate = config.get("learning_rate")
-    if isinstance(rate, (int, float)) and not rate > 0:
-        raise PrepError(f"the config's learning_rate: {rate!r} is not above 0.")
+    if number("learning_rate") is not None and not number("learning_rate") > 0:
+        raise PrepError(f"the config's learning_rate: {config['learning_rate']!r} is not above 0.")
     for key in ("val_size", "warmup_ratio"):
-        if isinstance(config.get(key), (int, float)) and not config[key] >= 0:
+        if number(key) is not None and not number(key) >= 0:
             raise PrepError(f"the config's {key}: {config[key]!r} is not 0 or more.")
 
 

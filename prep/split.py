@@ -90,6 +90,9 @@ def share_warning(records: int, test: int, test_size: float, groups: list[int] |
         return None
     largest = Counter(groups).most_common(1)[0][1] if groups else 1
     share = f"the test split holds {test / records:.1%} of the kept rows instead of about {test_size:.0%}"
+    if records * test_size < 10:  # a row's side is a hash: a few expected test rows can all miss by chance
+        return (f"{share}: with {records} rows that can happen by chance (a row's side is fixed by a hash of its question); "
+                "use more rows, or another --seed.")
     if largest / records < test_size / 2 and test / records < test_size / 2:  # no group is big enough to explain it
         return (f"{share}: were the inputs an earlier build's training file? Its rows are the ones this --seed sends to "
                 "training again; build from that build's inputs, or use another --seed.")

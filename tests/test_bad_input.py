@@ -64,7 +64,9 @@ def test_junk_files_in_an_input_folder_are_not_read(tmp_path):
     for folder in ("__MACOSX", ".ipynb_checkpoints", ".git"):
         (tmp_path / folder).mkdir()
         write_csv(tmp_path / folder / "labels-checkpoint.csv", ROWS)
-    assert supported_files(tmp_path) == [real]
+    draft = write_csv(tmp_path / "~draft.csv", ROWS[:1])  # only Office's ~$ lock files are junk
+    assert supported_files(tmp_path) == [real, draft]
+    draft.unlink()
     report = build([tmp_path], BuildOptions(name="j", dataset_dir=tmp_path / "out", test_size=0))
     assert report["rows_in"] == 4 and report["kept"] == 4
 
@@ -83,6 +85,9 @@ def test_distill_refuses_a_one_line_dataset_and_bad_options_before_writing_anyth
     torn = tmp_path / "torn.jsonl"
     torn.write_text('{"request_id": "r1", "ind', encoding="utf-8")  # a crash in the first write: a journal
     from prep.distill import _check_is_journal
+    _check_is_journal(torn)
+    # ... and after a resume closed that torn line with a newline and went on (a BOM too): still a journal
+    torn.write_text('\ufeff{"request_id": "r1", "ind\n{"request_id": "r2", "status": "ok", "pairs": []}\n', encoding="utf-8")
     _check_is_journal(torn)
 
     new = tmp_path / "new" / "sub" / "j.jsonl"
@@ -163,6 +168,9 @@ def test_table_mistakes_say_what_is_wrong(tmp_path):
     nul.write_bytes("question,answer\n你好,世界\n坏\x00行,答\n".encode("utf-8"))
     with pytest.raises(PrepError, match=r"nul.csv: line 3 holds a NUL byte \(1 in the file\)"):
         list(read_path(nul))
+    nul.write_bytes(b"question,answer\nhi,there\x00\n")  # mostly ASCII: was read as UTF-16 mojibake
+    with pytest.raises(PrepError, match=r"nul.csv: line 2 holds a NUL byte"):
+        list(read_path(nul))
     commas = tmp_path / "commas.tsv"
     commas.write_text("question,answer,category\n你好,世界,x\n", encoding="utf-8")
     with pytest.raises(PrepError, match="the file looks comma-separated"):
@@ -172,6 +180,10 @@ def test_table_mistakes_say_what_is_wrong(tmp_path):
         list(read_path(both))
     empty_twin = write_csv(tmp_path / "twin.csv", [("你好", "世界", "")], header="question,answer,output")
     assert [rec.final_answer for rec in read_path(empty_twin)] == ["世界"]  # an empty second column is no conflict
+    same = write_csv(tmp_path / "same.csv", [("你好", "世界 ", "世界")], header="question,answer,output")
+    assert [rec.final_answer for rec in read_path(same)] == ["世界"]
+    names = write_csv(tmp_path / "names.csv", [("小明", "睡不着怎么办", "先规律作息")], header="用户,问题,回答")
+    assert [(rec.first_question, rec.final_answer) for rec in read_path(names)] == [("睡不着怎么办", "先规律作息")]
 
 
 def test_a_ragged_csv_is_one_line_naming_the_row(tmp_path):

@@ -254,6 +254,7 @@ def test_a_failed_training_suggests_resume_only_when_there_is_a_checkpoint(tiny_
     ({"learning_rate": "3e-3x"}, "the config's learning_rate: '3e-3x' is not a number."),
     # values LLaMA-Factory's parser passes: a negative rate trains away from the data, the others fail after loading
     ({"learning_rate": -1}, "the config's learning_rate: -1 is not above 0."),
+    ({"learning_rate": "-1e-4"}, "the config's learning_rate: '-1e-4' is not above 0."),  # as PyYAML reads -1e-4
     ({"per_device_train_batch_size": 0}, "the config's per_device_train_batch_size: 0 is not 1 or more."),
     ({"cutoff_len": -5}, "the config's cutoff_len: -5 is not 1 or more."),
 ])

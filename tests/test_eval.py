@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -393,6 +394,12 @@ def test_a_withdrawal_takes_back_what_earlier_reviews_kept_and_a_later_accept_tr
     decide("2026-01-04T08:00:00+00:00", {"case_id": first, "accept": [1]})
     answers, _ = trained()
     assert answers == {cases[0].question: [replies[(first, 1)]], cases[1].question: [replies[(second, 0)]]}
+    # A script that withdraws and accepts again at once (reviews are timed to the millisecond; the same second lost it)
+    decide(None, {"case_id": second, "withdraw": True})
+    time.sleep(0.01)
+    decide(None, {"case_id": second, "accept": [1]})
+    answers, _ = trained()
+    assert answers[cases[1].question] == [replies[(second, 1)]]
 
 
 def test_review_keeps_every_review_and_every_decision(tmp_path):

@@ -39,7 +39,7 @@ DISTILL_SIDE_FILES = re.compile(r".+\.batch-input-[0-9a-f]+\.jsonl|.+\.batches\.
 
 # Files and folders in a folder that are no one's data: hidden ones (.git, .ipynb_checkpoints' copies of every notebook's
 # CSV), macOS's __MACOSX and ._NAME resource forks, and Office's ~$NAME lock files of an open workbook.
-_NOT_DATA = re.compile(r"[.~]|__MACOSX$")
+_NOT_DATA = re.compile(r"\.|~\$|__MACOSX$")
 
 
 def _folder_files(folder: Path) -> list[Path]:

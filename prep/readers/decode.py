@@ -72,6 +72,8 @@ def _detect(path: Path) -> str:
         return utf8
     if utf8 is None:
         _refuse_mixed_utf8(path, data)
+    elif utf8.count("\x00") * 10 < len(data):  # a few NULs in UTF-8 text (UTF-16 without a BOM is a NUL every other byte)
+        _refuse_nul(path, utf8)
     # GB18030 decodes almost any bytes, so Big5 comes out as mojibake (~half private-use characters). Big5 is
     # taken only when GB18030's result is implausible and Big5's is less so: Big5 also decodes most GBK bytes.
     gb = _strict(data, "gb18030")
@@ -81,12 +83,17 @@ def _detect(path: Path) -> str:
     if candidates:
         return min(candidates, key=_unlikely_share)
     best = from_bytes(data).best()
-    if utf8 is not None and (best is None or "\x00" in str(best)):  # UTF-8 text but for NUL bytes (a file cut by a crash, a binary)
-        raise PrepError(f"{path}: line {utf8.count(chr(10), 0, utf8.index(chr(0))) + 1} holds a NUL byte ({utf8.count(chr(0))} in the "
-                        "file); expected text without NUL bytes (remove them, or save the file again from its editor).")
+    if utf8 is not None and (best is None or "\x00" in str(best)):
+        _refuse_nul(path, utf8)
     if best is None or "\x00" in str(best):
         raise PrepError(f"{path}: cannot decode the bytes as text; expected UTF-8, UTF-8 with BOM or GBK/GB18030.")
     return str(best)
+
+
+def _refuse_nul(path: Path, text: str) -> None:
+    """UTF-8 text but for NUL bytes (a file cut by a crash, a binary pasted in): name the first one's line."""
+    raise PrepError(f"{path}: line {text.count(chr(10), 0, text.index(chr(0))) + 1} holds a NUL byte ({text.count(chr(0))} in the "
+                    "file); expected text without NUL bytes (remove them, or save the file again from its editor).")
 
 
 # Characters a wrong double-byte decoding produces in bulk: private use, Cyrillic, Greek, kana, bopomofo.

@@ -134,14 +134,15 @@ def _resolve_columns(path: Path, frame: pd.DataFrame) -> dict[str, str]:
     return found
 
 
-def _refuse_two_columns(path: Path, frame: pd.DataFrame, canonical: str) -> None:
-    """Two columns that both name the question (or the answer) and hold different text: which one trains? (The
-    first alias was read and the other dropped without a word.)"""
-    columns = [col for col in frame.columns if str(col).strip().lower() in COLUMN_ALIASES[canonical]]
-    filled = [col for col in columns if frame[col].fillna("").astype(str).str.strip().ne("").any()]
-    if len(filled) > 1 and any(not frame[filled[0]].fillna("").equals(frame[col].fillna("")) for col in filled[1:]):
-        raise PrepError(f"{path}: columns {', '.join(map(repr, map(str, filled)))} all name the {canonical} and hold different "
-                        f"text; expected one {canonical} column (rename or remove the others).")
+def _refuse_two_answer_columns(path: Path, frame: pd.DataFrame) -> None:
+    """Two columns that both name the answer (answer and output) and hold different text: which one trains? (The first
+    alias was read and the other dropped without a word.) Question aliases are left alone: 用户 is often a user's name."""
+    columns = [col for col in frame.columns if str(col).strip().lower() in COLUMN_ALIASES["answer"]]
+    texts = [frame[col].fillna("").astype(str).str.strip() for col in columns]
+    filled = [(col, text) for col, text in zip(columns, texts) if text.ne("").any()]
+    if len(filled) > 1 and any(not filled[0][1].equals(text) for _, text in filled[1:]):
+        raise PrepError(f"{path}: columns {', '.join(repr(str(col)) for col, _ in filled)} all name the answer and hold "
+                        "different text; expected one answer column (rename or remove the others).")
 
 
 def read_table(path: Path, origin: str = "labelled") -> Iterator[Conversation | Rejected]:
@@ -160,8 +161,7 @@ def read_table(path: Path, origin: str = "labelled") -> Iterator[Conversation | 
             yield Rejected("sheet_without_columns", Provenance(str(path), f"sheet {name}", origin=origin),
                            detail=f"no question/answer or text columns (found: {found}); {len(frame)} rows not read")
             continue
-        for canonical in ("question", "answer"):
-            _refuse_two_columns(path, frame, canonical)
+        _refuse_two_answer_columns(path, frame)
         yield from _read_frame(path, frame, columns, where, origin)
 
 
