@@ -15,4 +15,4 @@ def file_error_sentence(err: OSError) -> str:
     what = (err.strerror or str(err)).rstrip(".")
     where = getattr(err, "filename2", None) or err.filename  # a rename's target, not the temporary file written first
     return (f"{where}: {what[0].lower() + what[1:]}; expected a file or folder this user may read, and a folder it may "
-            "write to for the outputs. Nothing was left half-written: outputs are replaced only when complete.")
+            "write to for the outputs.")
