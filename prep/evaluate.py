@@ -25,7 +25,7 @@ import pandas as pd
 from prep import metrics
 from prep.contamination import is_trained_on, trained_questions
 from prep.errors import PrepError
-from prep.fsutil import atomic_write_json, atomic_write_text
+from prep.fsutil import atomic_write_json, atomic_write_text, nearest_existing
 from prep.readers import read_path
 from prep.readers.decode import lines_of, read_input
 from prep.records import Conversation, Rejected
@@ -378,7 +378,7 @@ def _checked_out_dir(cases: list[TestCase], options: EvalOptions) -> Path:
         raise PrepError(f"--out {out}: is a file; expected a folder for candidates.jsonl, metrics.json and the report.")
     # Found now, not after a model has loaded and answered: --out itself and the folder of the trend file next to it.
     for folder in (out, history_path(out).parent):
-        existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+        existing = nearest_existing(folder)
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise PrepError(f"--out {out}: cannot be written ({existing} is {'not a folder' if not existing.is_dir() else 'not writable'}); "
                             f"expected a folder this user may write for candidates.jsonl, metrics.json and the report, in a "

@@ -38,7 +38,7 @@ def apply_withdrawals(records: list[Conversation]) -> StepResult:
     for rec in records:
         if is_withdrawal(rec):
             continue
-        withdrawal = _withdrawn_by(rec, withdrawals.get(_dialogue_key(rec), []))
+        withdrawal = _withdrawn_by(rec, withdrawals)
         if withdrawal is None:
             kept.append(rec)
             continue
@@ -54,11 +54,13 @@ def apply_withdrawals(records: list[Conversation]) -> StepResult:
     return StepResult(kept, rejected)
 
 
-def _withdrawn_by(rec: Conversation, withdrawals: list[Conversation]) -> Conversation | None:
-    """The newest withdrawal that takes back ``rec``: a reviewed answer of another review, reviewed before it (an answer
-    without a readable review time counts as the oldest). Reviews are timed to the millisecond, so an accept made
-    right after a withdrawal (a script's next command) is not taken back with it."""
-    if rec.provenance.origin != "feedback" or not withdrawals:
+def _withdrawn_by(rec: Conversation, by_dialogue: dict[tuple[str, ...], list[Conversation]]) -> Conversation | None:
+    """The newest withdrawal of ``rec``'s dialogue that takes it back: a reviewed answer of another review, reviewed
+    before it (an answer without a readable review time counts as the oldest). Reviews are timed to the millisecond,
+    so an accept made right after a withdrawal (a script's next command) is not taken back with it. Only reviewed
+    answers are keyed (the other rows of a large build are not)."""
+    withdrawals = by_dialogue.get(_dialogue_key(rec), []) if rec.provenance.origin == "feedback" else []
+    if not withdrawals:
         return None
     reviewed = rec.provenance.created_timestamp()
     later = [(when, w) for w in withdrawals if (when := w.provenance.created_timestamp()) is not None

@@ -120,6 +120,14 @@ def atomic_write_json(path: Path, obj: Any, mode: int | None = None) -> None:
     atomic_write_bytes(path, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n", mode)
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` if it exists, else the nearest folder above it that does (where it would be made)."""
+    existing = Path(os.path.abspath(path))
+    while not os.path.exists(existing) and existing != existing.parent:  # (Path.exists raises in a folder we cannot enter)
+        existing = existing.parent
+    return existing
+
+
 def has_model_weights(folder: Path) -> bool:
     """Whether a model folder holds its weights (*.safetensors shards or *.bin), not only config and tokenizer."""
     return any(Path(folder).glob("*.safetensors")) or any(Path(folder).glob("*.bin"))

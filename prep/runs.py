@@ -22,8 +22,8 @@ from pathlib import Path
 import yaml
 
 from prep.errors import PrepError
-from prep.fsutil import atomic_write_json, atomic_write_text, file_sha256, has_model_weights, read_yaml_mapping
-from prep.readers.decode import json_lines, read_input
+from prep.fsutil import atomic_write_json, atomic_write_text, file_sha256, has_model_weights, nearest_existing, read_yaml_mapping
+from prep.readers.decode import json_array, json_lines, read_input
 from prep.writers import registry_entries
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,8 +171,9 @@ def _count_rows(file: Path) -> int | None:
         return None
     try:
         text = read_input(file, "dataset")
-        if file.suffix == ".jsonl" and not text.lstrip().startswith("["):
-            return sum(1 for line in text.splitlines() if line.strip())
+        if file.suffix == ".jsonl":
+            array = json_array(text)
+            return len(array) if array is not None else sum(1 for line in text.splitlines() if line.strip())
         data = json.loads(text)
     except (json.JSONDecodeError, PrepError):
         return None
@@ -224,9 +225,7 @@ def _holds_data(file: Path) -> bool:
 
 def _check_run_folder(run_dir: Path) -> None:
     """The run folder is a folder, or can be made in the nearest folder above it that exists."""
-    existing = Path(os.path.abspath(run_dir))
-    while not os.path.exists(existing) and existing != existing.parent:  # (Path.exists raises in a folder we cannot enter)
-        existing = existing.parent
+    existing = nearest_existing(run_dir)
     if not existing.is_dir():
         raise PrepError(f"run folder {run_dir}: {existing} is a file, not a folder; pass --output with another folder.")
     if not os.access(existing, os.W_OK | os.X_OK):

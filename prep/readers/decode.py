@@ -47,6 +47,18 @@ def lines_of(text: str) -> list[str]:
     return re.split(r"\r\n|\r|\n", text)
 
 
+def json_array(text: str) -> list | None:
+    """The text as one JSON array, when it is one (a ``json.dump`` saved as .jsonl, which LLaMA-Factory's loader
+    reads as the array); None for JSON Lines."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, list) else None
+
+
 def json_lines(path: Path, what: str) -> Iterator[tuple[int, object]]:
     """(line number, value) for each non-blank line of a JSON Lines file the user named; the value is the
     ``json.JSONDecodeError`` for a malformed line, for the caller to refuse or skip."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prep.errors import PrepError
-from prep.readers.decode import lines_of, read_text_file
+from prep.readers.decode import json_array, lines_of, read_text_file
 from prep.records import Conversation, Provenance, Rejected, Turn
 
 USER_ROLES = {"human", "user", "用户", "来访者"}
@@ -172,14 +172,10 @@ def read_jsonl(path: Path, origin: str = "labelled") -> Iterator[Conversation | 
     row per line and the build went on without its data.
     """
     text = read_text_file(path)
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = None
-        if isinstance(data, list):
-            yield from _records(data, path, "item", origin)
-            return
+    array = json_array(text)
+    if array is not None:
+        yield from _records(array, path, "item", origin)
+        return
     journal: list[tuple[int, dict]] = []
     for number, line in enumerate(lines_of(text), start=1):
         if not line.strip():
