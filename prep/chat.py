@@ -17,7 +17,7 @@ from pathlib import Path
 from prep.errors import PrepError
 from prep.fsutil import has_model_weights
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
-from prep.safety import DEFAULT_HOTLINES, detect_crisis, ensure_referral, prepare_detector
+from prep.safety import DEFAULT_HOTLINES, crisis_in_latest, ensure_referral, prepare_detector
 
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
 GENERATE_DEFAULT_TOP_K = 50  # transformers' generate samples from the 50 likeliest tokens unless told otherwise
@@ -530,7 +530,7 @@ class ChatSession:
     def stream(self, message: str) -> Iterator[str]:
         """Yield the reply as it is generated; the safety referral (if any) comes last."""
         start = time.perf_counter()
-        crisis = detect_crisis(message).crisis
+        crisis = crisis_in_latest([turn["content"] for turn in self.history if turn["role"] == "user"] + [message])
         dropped = self._dropped
         input_ids = self._prompt_ids(message).to(self.model.device)
         room = self.context_tokens - input_ids.shape[1]  # for the reply: the window is never exceeded

@@ -249,6 +249,17 @@ def crises_in_dialogues(dialogues: list[list[str]]) -> list[bool]:
     found = iter(detect_crises(texts))
     return [any([next(found).crisis for _ in range(len(turns) + (len(turns) > 1))]) for turns in dialogues]
 
+
+RECENT_USER_TURNS = 3
+
+
+def crisis_in_latest(user_turns: list[str], recent: int = RECENT_USER_TURNS) -> bool:
+    """Whether the reply to the last of ``user_turns`` (what the user said, turn by turn) needs the referral: the
+    last message judged with the user's messages just before it, as ``crises_in_dialogues`` judges a dialogue. A risk
+    told over several messages (我不想活了 / 你不懂) is found in the last one, and a crisis keeps the referral for the
+    next ``recent - 1`` replies; older turns do not, so a long conversation is not flagged for good by one message."""
+    return crises_in_dialogues([user_turns[-recent:]])[0]
+
 # A long message is also judged a window at a time: in the whole text a crisis sentence's n-grams are diluted by
 # the ordinary ones around it (a crisis message from the blind test sets, with two ordinary messages before and
 # after it, was found 27% of the time; by windows of sentences 55%, of pieces 61%; bench/README.md).

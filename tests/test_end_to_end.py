@@ -55,9 +55,13 @@ def test_prompt_flag_answers_once(merged_model):
 
 
 def test_crisis_guard_adds_referral_whatever_the_model_says(merged_model):
-    [answer] = chat(merged_model, ["我真的不想活了，想一了百了"])
-    assert answer["safety"] == {"crisis": True, "referral_added": True}
-    assert "12356" in answer["reply"] and "400-161-9995" in answer["reply"]
+    """Each message is judged with the user's two before it: the referral follows a crisis for two more replies,
+    then stops; /reset forgets it."""
+    answers = chat(merged_model, ["我真的不想活了，想一了百了", "你不懂", "今天天气不错", "你不懂", "/reset", "你不懂"])
+    assert [a["safety"]["crisis"] for a in answers] == [True, True, True, False, False]
+    assert answers[0]["safety"] == {"crisis": True, "referral_added": True}
+    assert all("12356" in a["reply"] and "400-161-9995" in a["reply"] for a in answers[:3])
+    assert not any("12356" in a["reply"] for a in answers[3:])
 
 
 def test_chat_refuses_unfinished_model_folder(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 
 from prep.pii import scrub_pii
-from prep.safety import detect_crisis, ensure_referral, refers_to_help
+from prep.safety import crisis_in_latest, detect_crisis, ensure_referral, refers_to_help
 
 
 @pytest.mark.parametrize("text", ["我不想活了", "活着没意思，想一了百了", "我又用刀划自己了", "I want to kill myself", "我把安眠药攒起来了"])
@@ -154,3 +154,14 @@ def test_a_students_or_professionals_own_crisis_is_not_discounted():
                      "我在做自杀预防的培训，请问有什么材料？", "作为心理热线志愿者，接到说“我想死”的来电，第一句话怎么回应？",
                      "我是一名心理热线的志愿者，以前我自己也打过这条热线，那时候我很想死。志愿者怎么做好自我照顾？"):
         assert not detect_crisis(question).crisis, question
+
+
+def test_a_risk_told_over_several_messages_is_found_in_the_last():
+    """Chat judged each message alone: 你不懂 after 我不想活了, or 嗯 after 我又想割手腕了, got no referral."""
+    for earlier, last in (("我不想活了", "你不懂"), ("我又想割手腕了", "嗯")):
+        assert not detect_crisis(last).crisis
+        assert crisis_in_latest([earlier, last])
+    # the referral follows a crisis for two more messages, not for the rest of the conversation
+    talk = ["我不想活了", "你不懂", "今天天气不错", "你不懂"]
+    assert [crisis_in_latest(talk[:n]) for n in range(1, 5)] == [True, True, True, False]
+    assert not crisis_in_latest(["最近在玩狼人杀", "我是女巫", "把队友毒死了哈哈"])
