@@ -25,7 +25,7 @@ from prep import clean
 from prep.agreement import resolve
 from prep.dedup import DedupConfig, dedup, near_groups
 from prep.errors import PrepError
-from prep.feedback import apply_withdrawals, overruled_by_labelled
+from prep.feedback import apply_withdrawals, overruled_by_labelled, undated_withdrawals
 from prep.fsutil import all_or_nothing, atomic_write_json, atomic_write_text
 from prep.pii import scrub_pii
 from prep.prompts import DEFAULT_SYSTEM_PROMPT
@@ -123,6 +123,7 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
     check_options(options, inputs)
     state = _read_all(inputs)
     rows_in = len(state.records) + len(state.rejected)
+    undated = undated_withdrawals(state.records)
     _apply(state, apply_withdrawals(state.records))
     _apply(state, clean.run_steps(state.records, options.limits))
     tokens = _token_counts(state.records, options.tokenizer, options.system)
@@ -145,7 +146,7 @@ def build(inputs: list[Path], options: BuildOptions) -> dict:
     if not train:
         raise PrepError(_nothing_to_train(options, report))
     warning = share_warning(len(kept), len(test), options.test_size, groups)
-    report["warnings"] = [warning] if warning else []
+    report["warnings"] = [text for text in (warning, undated) if text]
     overruled = overruled_by_labelled(deduped.duplicates)
     if overruled:
         report["warnings"].append(f"{overruled} reviewed answer{'s were' if overruled > 1 else ' was'} not kept: the question is a "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from prep.clean import StepResult
+from prep.clean import StepResult, normalise_text
 from prep.dedup import canonical_text
 from prep.records import Conversation, Rejected
 
@@ -23,8 +23,20 @@ def is_withdrawal(rec: Conversation) -> bool:
 
 
 def _dialogue_key(rec: Conversation) -> tuple[str, ...]:
-    """The dialogue an answer answers: every turn but the last (the answer), as canonical text."""
-    return tuple(canonical_text(turn.content) for turn in rec.turns[:-1])
+    """The dialogue an answer answers: every turn but the last (the answer), as canonical text after the build's
+    normalisation (this step runs before it: ＡＰＰ in one review and APP in another are one question)."""
+    return tuple(canonical_text(normalise_text(turn.content)) for turn in rec.turns[:-1])
+
+
+def undated_withdrawals(records: list[Conversation]) -> str | None:
+    """A warning for withdrawals whose ``reviewed_at`` is not a time (hand-edited): they cannot say which reviews came
+    before them, so they withdraw nothing."""
+    undated = [rec for rec in filter(is_withdrawal, records) if rec.provenance.created_timestamp() is None]
+    if not undated:
+        return None
+    where = ", ".join(sorted({f"{rec.provenance.source} {rec.provenance.location}" for rec in undated})[:3])
+    return (f"{len(undated)} withdrawal{'s' * (len(undated) != 1)} withdrew nothing: reviewed_at is not an ISO time "
+            f"({where}); write it as prep review does, e.g. 2026-01-03T08:00:00.000+08:00.")
 
 
 def apply_withdrawals(records: list[Conversation]) -> StepResult:

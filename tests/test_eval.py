@@ -402,6 +402,29 @@ def test_a_withdrawal_takes_back_what_earlier_reviews_kept_and_a_later_accept_tr
     assert answers[cases[1].question] == [replies[(second, 1)]]
 
 
+def test_a_withdrawal_matches_after_normalisation_and_an_undated_one_is_a_warning(tmp_path):
+    """Withdrawals were matched before the build's NFKC (ＡＰＰ in one file, APP in another: nothing withdrawn), and one
+    whose reviewed_at was hand-edited into something that is not a time withdrew nothing without a word."""
+    feedback = tmp_path / "feedback"
+    feedback.mkdir()
+
+    def line(question, output, when, **extra):
+        return json.dumps({"instruction": question, "output": output, "origin": "feedback", "reviewer": "张老师",
+                           "reviewed_at": when, **extra}, ensure_ascii=False) + "\n"
+
+    (feedback / "a.jsonl").write_text(line("我用了那个ＡＰＰ以后整晚睡不着怎么办", "先把手机放远一点。", "2026-01-01T08:00:00.000+00:00")
+                                      + line("考试前总是心慌手抖怎么办", "试试深呼吸。", "2026-01-01T08:00:00.000+00:00"), encoding="utf-8")
+    (feedback / "b.jsonl").write_text(line("我用了那个APP以后整晚睡不着怎么办", "", "2026-01-02T08:00:00.000+00:00", withdraw=True)
+                                      + line("考试前总是心慌手抖怎么办", "", "昨天下午", withdraw=True), encoding="utf-8")
+    report = build([feedback], BuildOptions(name="fb", dataset_dir=tmp_path / "ds", test_size=0))
+    rows = json.loads((tmp_path / "ds" / "data" / "fb_alpaca.json").read_text(encoding="utf-8"))
+    assert [row["instruction"] for row in rows] == ["考试前总是心慌手抖怎么办"]
+    assert report["rejected_by_reason"] == {"withdrawn_in_review": 1, "review_withdrawal": 2}
+    assert [w for w in report["warnings"] if "withdrew nothing" in w] == [
+        f"1 withdrawal withdrew nothing: reviewed_at is not an ISO time ({feedback / 'b.jsonl'} line 2); write it as "
+        "prep review does, e.g. 2026-01-03T08:00:00.000+08:00."]
+
+
 def test_review_keeps_every_review_and_every_decision(tmp_path):
     """Chinese reviewer names in one second do not share a file; Ctrl-C or end of input keeps what was decided;
     a reply with U+2028 stays one candidate; a correction to a crisis gets the referral, as accepted answers do."""
