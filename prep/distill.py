@@ -571,6 +571,7 @@ def check_options(config: DistillConfig) -> None:
         raise PrepError("--processes above 1 needs Linux or macOS (appends from several processes to one journal).")
     if config.batch and config.processes not in (None, 1):
         raise PrepError("--processes applies to live requests; a --batch run uploads its requests as files, leave it out.")
+    load_topics(config.topics)  # a bad grid would stop the plan after the journal's folder and lock were made
 
 
 _JOURNAL_START = b'{"request_id"'  # every journal line's first key (base_entry)

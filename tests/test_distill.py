@@ -357,11 +357,14 @@ def test_inputs_and_options_that_cannot_work_are_one_sentence(tmp_path):
     topics = (ROOT / "data" / "topics" / "topics.yaml").read_text(encoding="utf-8")
     (tmp_path / "gbk.yaml").write_bytes(topics.encode("gbk"))  # saved by a Chinese Windows editor
     assert plan(config(tmp_path, "http://127.0.0.1:9/v1", topics=tmp_path / "gbk.yaml")) == plan(config(tmp_path, "http://127.0.0.1:9/v1"))
+    (tmp_path / "no_personas.yaml").write_text("areas: [学业]\nconcerns: [焦虑]\n", encoding="utf-8")
     for changes, message in ((dict(topics=tmp_path), "is a folder"), (dict(out=tmp_path), "is a folder"),
                              (dict(max_attempts=0), "--max-attempts 0"), (dict(timeout_s=0), "--timeout 0"),
-                             (dict(max_cost=-1.0), "--max-cost -1.0: expected an amount")):
+                             (dict(max_cost=-1.0), "--max-cost -1.0: expected an amount"),
+                             (dict(topics=tmp_path / "no_personas.yaml"), "expected non-empty lists")):
         with pytest.raises(PrepError, match=message):
-            distill(config(tmp_path, "http://127.0.0.1:9/v1", **changes))
+            distill(config(tmp_path, "http://127.0.0.1:9/v1", **{"out": tmp_path / "new" / "j.jsonl", **changes}))
+        assert not (tmp_path / "new").exists()  # refused before the journal's folder and lock were made
     # A dataset given as --out by mistake had the run's lines appended to it (and no longer loaded); it is refused untouched.
     for name, content in (("data.json", '[{"instruction": "问", "output": "答"}]\n'), ("chats.jsonl", '{"messages": []}\n')):
         (tmp_path / name).write_text(content, encoding="utf-8")
