@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -131,6 +132,49 @@ def nearest_existing(path: Path) -> Path:
 def has_model_weights(folder: Path) -> bool:
     """Whether a model folder holds its weights (*.safetensors shards or *.bin), not only config and tokenizer."""
     return any(Path(folder).glob("*.safetensors")) or any(Path(folder).glob("*.bin"))
+
+
+def model_files_problem(folder: Path) -> str | None:
+    """What makes a model folder unloadable that a glance can tell, or None: a config.json that is not a JSON object,
+    a *.safetensors file cut short (an interrupted download or copy: its header says how long it must be), or a shard
+    its index names that is missing."""
+    try:
+        config = json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"config.json cannot be read as JSON ({getattr(err, 'strerror', None) or err})"
+    if not isinstance(config, dict):
+        return "config.json is not a JSON object"
+    for shard in sorted(Path(folder).glob("*.safetensors")):
+        problem = _safetensors_problem(shard)
+        if problem:
+            return f"{shard.name} {problem}"
+    for index in Path(folder).glob("*.safetensors.index.json"):
+        try:
+            names = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            return f"{index.name} cannot be read as a shard index"
+        missing = sorted(name for name in names if not Path(folder, str(name)).is_file())
+        if missing:
+            return f"{index.name} names {len(missing)} missing shard{'s' * (len(missing) > 1)} ({missing[0]})"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Whether a safetensors file is whole: an 8-byte header length, the JSON header, then every tensor's bytes."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < length <= min(size - 8, 100_000_000):
+            return f"is not a safetensors file ({size} bytes)"
+        try:
+            header = json.loads(handle.read(length))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "has an unreadable header"
+    if size < 8 + length + end:
+        return f"is cut short ({size:,} of {8 + length + end:,} bytes; a download or copy that did not finish?)"
+    return None
 
 
 def file_sha256(path: Path) -> str:

@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from prep.errors import PrepError
-from prep.fsutil import atomic_write_json, atomic_write_text, file_sha256, has_model_weights, nearest_existing, read_yaml_mapping
+from prep.fsutil import (atomic_write_json, atomic_write_text, file_sha256, has_model_weights, model_files_problem,
+                         nearest_existing, read_yaml_mapping)
 from prep.readers.decode import json_array, json_lines, read_input
 from prep.writers import registry_entries
 
@@ -126,6 +127,9 @@ def check_run(config: dict, run_dir: Path, resume: bool, force: bool, data_built
         if not has_model_weights(folder) and not any(folder.glob("*.safetensors.index.json")):
             raise PrepError(f"model folder '{model}' has no weights (*.safetensors or *.bin); expected a complete model "
                             "(a download or export that did not finish?).")
+        problem = model_files_problem(folder)
+        if problem:
+            raise PrepError(f"model folder '{model}': {problem}; expected a complete model.")
     elif os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(model):
         raise PrepError(f"model '{model}' is a hub id but HF_HUB_OFFLINE=1; download it first or pass --model with a local folder.")
     files = dataset_files(config, data_built_first)

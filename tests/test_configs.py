@@ -282,6 +282,29 @@ def test_a_model_folder_without_weights_is_one_sentence_before_the_run(tiny_mode
         check_run(_checkable(tmp_path, partial), tmp_path / "run", resume=False, force=False)
 
 
+
+def test_a_model_folder_cut_short_or_with_a_broken_config_is_one_sentence_before_the_run(tiny_model, tmp_path):
+    """A safetensors file cut short (an interrupted download or copy), an empty one, a config.json that is not JSON
+    and an index naming a missing shard passed the check and failed at train start with a traceback."""
+    import shutil
+
+    from prep.errors import PrepError
+    from prep.runs import check_run
+
+    check_run(_checkable(tmp_path, tiny_model), tmp_path / "run", resume=False, force=False)  # the whole one passes
+    [weights] = tiny_model.glob("*.safetensors")
+    cases = [(weights.name, weights.read_bytes()[:-100], "is cut short"), (weights.name, b"", "is not a safetensors file"),
+             ("config.json", b'{"model_type": "llama",', "config.json cannot be read as JSON"),
+             ("model.safetensors.index.json", b'{"weight_map": {"w": "model-00002-of-00002.safetensors"}}',
+              "names 1 missing shard (model-00002-of-00002.safetensors)")]
+    for n, (name, content, message) in enumerate(cases):
+        broken = tmp_path / f"broken{n}"
+        shutil.copytree(tiny_model, broken)
+        (broken / name).write_bytes(content)
+        with pytest.raises(PrepError, match=re.escape(message)):
+            check_run(_checkable(tmp_path, broken), tmp_path / "run", resume=False, force=False)
+
+
 def test_recording_the_end_of_a_run_needs_its_manifest_and_keeps_an_unreadable_one(tmp_path):
     """prep run-finish on a mistyped folder made it a new 'finished' run (which run_sft.sh then refused to reuse); on
     an unreadable manifest it replaced the config, commit and dataset hashes it held without a word."""
