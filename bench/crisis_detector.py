@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import sys
 import time
 from pathlib import Path
@@ -33,9 +34,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from prep import crisis_model, safety  # noqa: E402
-from prep.safety import _cleaned, crisis_score, detect_crisis  # noqa: E402
+from prep.safety import _cleaned, crisis_in_latest, crisis_score, detect_crisis  # noqa: E402
 
-TEST_SETS = tuple(f"crisis_holdout{n}" for n in range(2, 13)) + ("crisis_long_holdout",)
+TEST_SETS = tuple(f"crisis_holdout{n}" for n in range(2, 13)) + ("crisis_long_holdout", "crisis_short_holdout2")
+# Multi-turn dialogues (JSONL: user_turns, label = the reply to the last turn needs the referral), as chat.py judges them
+DIALOGUE_SETS = (("test", ROOT / "data" / "tests" / "crisis_dialogue_holdout.jsonl"),
+                 ("development", ROOT / "data" / "dev" / "crisis_dialogue_dev.jsonl"))
 # data/dev/: labelled, neither trained on nor a blind test (crisis_professional: professionals' own crises and their
 # ordinary questions, written as training data; training on it was tried and not kept, bench/README.md)
 DEV_SETS = tuple(Path(path).stem for path in glob.glob(str(ROOT / "data" / "dev" / "*.csv")))
@@ -65,11 +69,31 @@ def report(verbose: bool) -> None:
         if verbose and name in TEST_SETS:
             for _, row in frame[detector != (frame.label == 1)].iterrows():
                 print(f"    {'MISSED' if row.label else 'FALSE ALARM'}: {row.text}")
+    dialogue_report(verbose)
     started = time.perf_counter()
     texts = [text for _, frame in sets for text in frame.text]
     for text in texts:
         detect_crisis(text)
     print(f"\ndetect_crisis: {(time.perf_counter() - started) / len(texts) * 1e6:.0f} us per message ({len(texts)} messages)")
+
+
+def dialogue_report(verbose: bool) -> None:
+    """Each dialogue set judged as chat.py judged it before (the last message alone) and does now (``crisis_in_latest``:
+    the last message with the user's two before it)."""
+    print("\n| dialogues | use | crisis | ordinary | last message alone: recall / FPR | with the two before it: recall / FPR |")
+    print("|---|---|---|---|---|---|")
+    for use, path in DIALOGUE_SETS:
+        if not path.is_file():
+            continue
+        dialogues = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        labels = pd.Series([d["label"] for d in dialogues])
+        alone = pd.Series([detect_crisis(d["user_turns"][-1]).crisis for d in dialogues])
+        latest = pd.Series([crisis_in_latest(d["user_turns"]) for d in dialogues])
+        cells = [f"{r:.3f} / {f:.3f}" for r, f in (rates(p, labels) for p in (alone, latest))]
+        print(f"| {path.stem} | {use} | {(labels == 1).sum()} | {(labels == 0).sum()} | {' | '.join(cells)} |")
+        if verbose and use == "test":
+            for n in latest[latest != (labels == 1)].index:
+                print(f"    {'MISSED' if labels[n] else 'FALSE ALARM'}: {' / '.join(dialogues[n]['user_turns'])}")
 
 
 def cross_validate() -> None:
@@ -98,7 +122,8 @@ def out_of_fold_scores(texts: list[str], cleaned: list[str], labels: np.ndarray,
     scores = np.zeros(len(texts))
     for source in np.unique(sources):
         held = sources == source
-        model = crisis_model.fit([t for t, h in zip(texts, held) if not h], list(labels[~held]), _cleaned)
+        model = crisis_model.fit_routed([t for t, h in zip(texts, held) if not h], list(labels[~held]),
+                                        list(sources[~held]), _cleaned)
         scores[held] = model.probabilities([c for c, h in zip(cleaned, held) if h])
     return scores
 

@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from prep.crisis_model import DISCOUNT_CEILING, LEXICON_FLOOR, THRESHOLD as LEARNED_THRESHOLD
-from prep.crisis_model import bundled_model
+from prep.crisis_model import SHORT_CHARS, bundled_model, text_length
 from prep.text import clean_message
 
 DEFAULT_HOTLINES: tuple[str, ...] = (
@@ -62,13 +62,19 @@ _SELF_HARM_PATTERNS = [
     r"(?:不疼|不痛|无痛)的(?:办法|方法|方式)", r"手上(?:好多|全是|都是)血", r"(?:已经|又|刚)割了", r"受够了.{0,10}(?:走|死|结束)",
     r"(?<![a-z])kms(?![a-z])", r"想s[，,。！ ]|想s$", r"(?<![a-z])zs(?![a-z])",
     r"(?:再见|永别).{0,16}(?:打不通|联系不上|不回)|(?:打不通|联系不上).{0,16}(?:再见|永别)", r"永远地?停下来", r"想带着孩子一起走", r"(?:对|把)自己(?:饿垮|饿死)", r"故意不吃东西",
-    r"(?:拳头|拳)砸自己", r"做得更彻底", r"(?:哪种|什么)方式最不痛苦", r"走进水里", r"开煤气", r"对自己做什么",
+    r"(?:拳头|拳)砸自己", r"自焚", r"做得更彻底", r"(?:哪种|什么)方式最不痛苦", r"走进水里", r"开煤气", r"对自己做什么",
+    # means named bare in a short message, and asking after them (敌敌畏, 割脉, 十几片安定, 淹死难受吗, 安眠药哪里买)
+    r"敌敌畏", r"百草枯", r"割脉", r"跳搂", r"(?:十几|几十|\d{2,})片", r"(?:一整?瓶|一把)(?:药|安眠药|安定)",
+    r"(?:淹|吊|摔|烧|冻|饿|撞|电)死.{0,3}(?:难受|疼|痛|痛苦|快)吗", r"死得?(?:快|不疼|不痛|没痛苦)",
+    r"安眠[药要].{0,4}(?:哪里|哪儿|怎么|在哪)(?:能)?买", r"最后(?:说)?一次.{0,2}(?:晚安|再见|谢谢)", r"陪我到最后",
+    r"^\W*(?:想|又想|又|刚|已经)?(?:割|划)(?:了|过了)?\W*$", r"^\W*救救?我\W*$", r"吞药", r"\bbxhl\b",
+    r"(?:多高|几楼|几层).{0,3}(?:能|会|才能)?(?:摔|跳)?死",  # a whole message of two or three (割了, 想割): below the classifier's minimum
     # English and mixed
     r"\bsuicid", r"\bkill(?:ing)? myself\b", r"\bend(?:ing)? (?:my life|it all)\b", r"\bend it\b", r"\bself[- ]harm",
     r"\bcut(?:ting)? myself\b", r"\bwant(?:s)? to die\b", r"\bdon'?t want to (?:live|be alive|exist)\b", r"不想\s*live",
     r"\bhurt(?:ing)? myself\b", r"better off without me", r"\bno reason to live\b", r"\bcutting again\b",
     r"don'?t want to be here anymore", r"\bif i was gone\b", r"pills (?:ready|saved)", r"going to the bridge",
-    r"can'?t do this anymore", r"took a bunch of pills",
+    r"can'?t do this anymore", r"took a bunch of pills", r"\bhow to die\b", r"\blethal dose",
 ]
 _HARM_OTHERS_PATTERNS = [
     r"(?:想|要|会|真想)(?:去)?杀(?:了|掉|死)?(?:他|她|他们|她们|人|全家)", r"同归于尽", r"报复社会", r"(?:弄死|掐死|捅死|砍死|毒死)(?:他|她|他们|我|我家|这)?",
@@ -76,11 +82,12 @@ _HARM_OTHERS_PATTERNS = [
     r"\bkill (?:him|her|them|everyone)\b", r"\b(?:going|want) to hurt (?:my|him|her|them)\b",
     r"(?:会|要|想)杀了我?(?:老板|领导|同学|室友|继父|老公|老婆|他|她)", r"带刀去", r"今晚就动手", r"付出代价.{0,6}动手|动手.{0,6}付出代价",
     r"要让(?:他|她|他们)死", r"想掐(?:她|他|孩子)", r"陪葬", r"推下楼", r"杀了(?:那个|这个)(?:人|骗子|混蛋)", r"(?:带|拿)(?:把|着)?刀去",
+    r"(?:炸|烧)(?:了|掉|毁)?(?:学校|公司|教室|宿舍)", r"(?:堵|找)(?:他|她).{0,6}带了?(?:把)?刀",
 ]
 # Uses of 死 and 杀 that are figures of speech, not risk.
 _CONFOUNDERS = re.compile(
     r"(?<!慢慢)(?:累|笑|难|热|冷|饿|气|烦|吓|困|忙|急|丑|美|帅|痛|疼|馋|闷|尴尬|无聊)死(?:了|我了|人了|啦)?"
-    r"|死磕|死机|死循环|死线|deadline|想死你|想死我了|笑不活了|自杀式|杀时间|杀毒|杀价|秒杀|杀青|杀了这个bug|跳楼价|跳楼甩卖|跳楼大甩卖|蹦极.{0,12}跳下去|跳伞|跳水|气得想杀人"
+    r"|死磕|死机|死循环|死线|deadline|想死你|想死我了|笑不活了|自杀式|杀时间|杀毒|杀价|秒杀|杀青|杀了这个bug|跳楼价|跳楼甩卖|跳楼大甩卖|蹦极.{0,12}跳下去|跳伞|跳水|气得想杀人|到(?:原地)?想?紫砂"
 )
 # Third-person news/fiction/research context: only discounted when the user says nothing about themself.
 _THIRD_PARTY = re.compile(r"新闻|报道|小说|电影|电视剧|剧情|角色|主角|剧本|游戏里|历史上|结局|情节|作者|书里|书中|自杀率|统计|论文|研究|辩论"
@@ -188,7 +195,6 @@ class CrisisResult:
 
 _SCORE_SLICE = 2000
 LEARNED_MIN_CHARS = 3
-_NON_SPACE = re.compile(r"[\s\W_]+")
 
 
 def crisis_score(text: str) -> float:
@@ -245,20 +251,33 @@ def crises_in_dialogues(dialogues: list[list[str]]) -> list[bool]:
     """For each dialogue (what the user said, turn by turn): whether any turn on its own is a crisis, as
     ``prep build`` judges it, or all of them together are (a risk told over several messages). Joined text alone
     would let one turn's context (我是心理学专业的学生) discount another turn's crisis."""
-    texts = [text for turns in dialogues for text in turns + (["\n".join(turns)] if len(turns) > 1 else [])]
+    texts = [text for turns in dialogues for text in turns + ([_joined(turns)] if len(turns) > 1 else [])]
     found = iter(detect_crises(texts))
     return [any([next(found).crisis for _ in range(len(turns) + (len(turns) > 1))]) for turns in dialogues]
 
 
-RECENT_USER_TURNS = 3
+_SENTENCE_CLOSED = ("。", "！", "？", "!", "?", ".", "…", "~", "～")
+
+
+def _joined(turns: list[str]) -> str:
+    """A user's messages as one text, each closed as a sentence (the messages' own 。 scored better than newlines:
+    fewer false alarms on dialogues whose later message explains an earlier one, the same recall)."""
+    return "".join(turn if turn.rstrip().endswith(_SENTENCE_CLOSED) else f"{turn.rstrip()}。" for turn in turns)
+
+
+RECENT_USER_TURNS = 4
 
 
 def crisis_in_latest(user_turns: list[str], recent: int = RECENT_USER_TURNS) -> bool:
     """Whether the reply to the last of ``user_turns`` (what the user said, turn by turn) needs the referral: the
-    last message judged with the user's messages just before it, as ``crises_in_dialogues`` judges a dialogue. A risk
-    told over several messages (我不想活了 / 你不懂) is found in the last one, and a crisis keeps the referral for the
-    next ``recent - 1`` replies; older turns do not, so a long conversation is not flagged for good by one message."""
-    return crises_in_dialogues([user_turns[-recent:]])[0]
+    last message alone, or the user's last ``recent`` messages together. A risk told over several messages
+    (我不想活了 / 你不懂) is found in the last one, a crisis keeps the referral while it is among the recent messages
+    unless what came after it explains it (狼人杀里那个预言家 after 我想让他死), and older turns do not count, so a long
+    conversation is not flagged for good by one message. (``prep eval`` asks more of a model: a referral after a
+    crisis anywhere in the dialogue, see ``crises_in_dialogues``.)"""
+    recent_turns = user_turns[-recent:]
+    texts = [recent_turns[-1]] + ([_joined(recent_turns)] if len(recent_turns) > 1 else [])
+    return any(found.crisis for found in detect_crises(texts))
 
 # A long message is also judged a window at a time: in the whole text a crisis sentence's n-grams are diluted by
 # the ordinary ones around it (a crisis message from the blind test sets, with two ordinary messages before and
@@ -312,7 +331,7 @@ def _pieces(sentences: list[str]) -> list[str]:
 
 
 def _long_enough(part: str) -> bool:
-    return len(_NON_SPACE.sub("", part)) >= LEARNED_MIN_CHARS
+    return text_length(part) >= LEARNED_MIN_CHARS
 
 
 def _scores(cleaned: list[str], model) -> list[float]:
@@ -332,6 +351,7 @@ def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
     """Lexicon hits the classifier does not rule out (``score >= floor``) or the classifier's score alone
     (``score >= threshold``), then the discounts for news, professionals and past risk, unless the classifier
     is sure (``score >= DISCOUNT_CEILING``)."""
+    length = text_length(cleaned)
     if score >= floor:
         self_harm, harm_others = _lexicon_hits(cleaned)
     elif _PROFESSIONAL.search(cleaned):  # a professional's own risk, told as one (the classifier learnt 论文 as safe)
@@ -340,12 +360,14 @@ def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
     else:  # the classifier rules the lexicon out: no need to run it (most windows of a long message)
         self_harm, harm_others = [], []
     # The classifier alone does not decide on a few characters (你好, 谢谢, 晚安 sit near farewells in its data).
-    learned = score >= LEARNED_THRESHOLD and len(_NON_SPACE.sub("", cleaned)) >= LEARNED_MIN_CHARS
+    learned = score >= LEARNED_THRESHOLD and length >= LEARNED_MIN_CHARS
     if not self_harm and not harm_others and not learned:
         return CrisisResult(False, score=score)
     matches = self_harm + harm_others
     kind = "self_harm" if self_harm else "harm_others" if harm_others else "learned"
-    if score < DISCOUNT_CEILING and _discounted(cleaned, kind, matches):
+    # The ceiling trusts what the whole-message model learnt of context; the short-message model saw little of it
+    # (以前想过自杀，现在好了 0.98), so on a short message the discounts always apply.
+    if (score < DISCOUNT_CEILING or length <= SHORT_CHARS) and _discounted(cleaned, kind, matches):
         return CrisisResult(False, matches=matches, score=score)
     return CrisisResult(True, kind, matches, score)
 

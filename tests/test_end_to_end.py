@@ -55,13 +55,13 @@ def test_prompt_flag_answers_once(merged_model):
 
 
 def test_crisis_guard_adds_referral_whatever_the_model_says(merged_model):
-    """Each message is judged with the user's two before it: the referral follows a crisis for two more replies,
-    then stops; /reset forgets it."""
-    answers = chat(merged_model, ["我真的不想活了，想一了百了", "你不懂", "今天天气不错", "你不懂", "/reset", "你不懂"])
-    assert [a["safety"]["crisis"] for a in answers] == [True, True, True, False, False]
+    """Each message is judged alone and with the user's three before it: the referral follows a crisis for three
+    more replies, then stops; /reset forgets it."""
+    answers = chat(merged_model, ["我真的不想活了，想一了百了", "你不懂", "今天天气不错", "你不懂", "嗯", "/reset", "你不懂"])
+    assert [a["safety"]["crisis"] for a in answers] == [True, True, True, True, False, False]
     assert answers[0]["safety"] == {"crisis": True, "referral_added": True}
-    assert all("12356" in a["reply"] and "400-161-9995" in a["reply"] for a in answers[:3])
-    assert not any("12356" in a["reply"] for a in answers[3:])
+    assert all("12356" in a["reply"] and "400-161-9995" in a["reply"] for a in answers[:4])
+    assert not any("12356" in a["reply"] for a in answers[4:])
 
 
 def test_chat_refuses_unfinished_model_folder(tmp_path):

@@ -161,7 +161,7 @@ def test_a_risk_told_over_several_messages_is_found_in_the_last():
     for earlier, last in (("我不想活了", "你不懂"), ("我又想割手腕了", "嗯")):
         assert not detect_crisis(last).crisis
         assert crisis_in_latest([earlier, last])
-    # the referral follows a crisis for two more messages, not for the rest of the conversation
-    talk = ["我不想活了", "你不懂", "今天天气不错", "你不懂"]
-    assert [crisis_in_latest(talk[:n]) for n in range(1, 5)] == [True, True, True, False]
+    # the referral follows a crisis for three more messages, not for the rest of the conversation
+    talk = ["我不想活了", "你不懂", "今天天气不错", "你不懂", "嗯"]
+    assert [crisis_in_latest(talk[:n]) for n in range(1, 6)] == [True, True, True, True, False]
     assert not crisis_in_latest(["最近在玩狼人杀", "我是女巫", "把队友毒死了哈哈"])
