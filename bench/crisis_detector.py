@@ -79,8 +79,8 @@ def report(verbose: bool) -> None:
 
 def dialogue_report(verbose: bool) -> None:
     """Each dialogue set judged as chat.py judged it before (the last message alone) and does now (``crisis_in_latest``:
-    the last message with the user's two before it)."""
-    print("\n| dialogues | use | crisis | ordinary | last message alone: recall / FPR | with the two before it: recall / FPR |")
+    the last message alone, or with the user's three before it)."""
+    print("\n| dialogues | use | crisis | ordinary | last message alone: recall / FPR | with the three before it: recall / FPR |")
     print("|---|---|---|---|---|---|")
     for use, path in DIALOGUE_SETS:
         if not path.is_file():

@@ -55,6 +55,42 @@ def test_detector_on_long_messages_it_never_saw():
     assert recall >= 0.96 and false_positive_rate <= 0.09, f"recall {recall:.3f}, false-positive rate {false_positive_rate:.3f}"
 
 
+def test_detector_on_short_chat_messages_it_never_saw():
+    """crisis_short_holdout2: 150 + 150 whole chat messages of 1 to 12 characters (bare means words, fragments such as
+    割了, slang, pinyin; everyday counselling talk and look-alikes), written blind. Scored once before and once after
+    short messages got their own model: 0.867 / 0.087 -> 0.960 / 0.040 (bench/README.md)."""
+    frame = load(ROOT / "data" / "tests" / "crisis_short_holdout2.csv")
+    assert (frame.label == 1).sum() >= 150 and (frame.text.str.len() <= 12).all()
+    recall, false_positive_rate = rates(frame)
+    assert recall >= 0.95 and false_positive_rate <= 0.05, f"recall {recall:.3f}, false-positive rate {false_positive_rate:.3f}"
+
+
+def test_ordinary_short_counselling_messages_rarely_get_a_referral():
+    """data/dev/counselling_chat_short_dev.csv (development, not blind): what clients type in a counselling chat,
+    2-16 characters. The whole-message model flagged 5.4% of the ordinary ones (我很自卑 0.97, 停不下来 0.94)."""
+    frame = load(ROOT / "data" / "dev" / "counselling_chat_short_dev.csv")
+    recall, false_positive_rate = rates(frame)
+    assert recall >= 0.95 and false_positive_rate <= 0.04, f"recall {recall:.3f}, false-positive rate {false_positive_rate:.3f}"
+
+
+def test_chat_finds_a_risk_told_over_several_messages():
+    """crisis_dialogue_holdout: 80 + 80 dialogues of 2-4 user messages, written blind; label: the reply to the last
+    message needs the referral. 44 crisis dialogues have no message that shows the risk alone. The last message alone
+    finds 41%; with the user's three before it (crisis_in_latest, what chat.py does) 97.5%, at 21% false alarms on
+    dialogues built so that one message alone sounds alarming (bench/README.md)."""
+    import json
+
+    from prep.safety import crisis_in_latest
+
+    lines = (ROOT / "data" / "tests" / "crisis_dialogue_holdout.jsonl").read_text(encoding="utf-8").splitlines()
+    dialogues = [json.loads(line) for line in lines if line.strip()]
+    labels = pd.Series([d["label"] for d in dialogues])
+    alone = pd.Series([detect_crisis(d["user_turns"][-1]).crisis for d in dialogues])
+    latest = pd.Series([crisis_in_latest(d["user_turns"]) for d in dialogues])
+    assert latest[labels == 1].mean() >= 0.95 and latest[labels == 0].mean() <= 0.25
+    assert alone[labels == 1].mean() <= 0.6  # the set needs the earlier messages: it tests what it says
+
+
 def test_detector_meets_the_targets_over_all_blind_sets():
     frame = pd.concat([load(ROOT / "data" / "tests" / name) for name in BLIND_SETS])
     recall, false_positive_rate = rates(frame)
