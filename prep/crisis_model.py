@@ -71,6 +71,11 @@ def text_length(text: str) -> int:
     return len(_NOT_WORD.sub("", text))
 
 
+def is_short(text: str) -> bool:
+    """Whether the short-message model scores ``text`` (a cleaned message)."""
+    return text_length(text) <= SHORT_CHARS
+
+
 HASH_BITS = 20
 _POLY = np.uint64(1_000_003)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of h * golden are well mixed
@@ -106,9 +111,9 @@ class RoutedModel:
     short: NgramModel
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
-        is_short = np.array([text_length(text) <= SHORT_CHARS for text in texts], dtype=bool)
+        short = np.array([is_short(text) for text in texts], dtype=bool)
         scores = np.zeros(len(texts))
-        for model, chosen in ((self.whole, ~is_short), (self.short, is_short)):
+        for model, chosen in ((self.whole, ~short), (self.short, short)):
             if chosen.any():
                 scores[chosen] = model.probabilities([text for text, take in zip(texts, chosen) if take])
         return scores
@@ -182,7 +187,10 @@ def fit_routed(texts: list[str], labels: list[int], sources: list[str], prepare=
     messages of at most ``SHORT_TRAINING_CHARS``)."""
     whole = [n for n, source in enumerate(sources) if source not in SHORT_ONLY_SOURCES]
     short = [n for n, text in enumerate(texts) if text_length(prepare(text)) <= SHORT_TRAINING_CHARS]
-    return RoutedModel(*(fit([texts[n] for n in chosen], [labels[n] for n in chosen], prepare) for chosen in (whole, short)))
+    whole_model = fit([texts[n] for n in whole], [labels[n] for n in whole], prepare)
+    if len({labels[n] for n in short}) < 2:  # labelled data without short messages of both kinds: one model
+        return RoutedModel(whole_model, whole_model)
+    return RoutedModel(whole_model, fit([texts[n] for n in short], [labels[n] for n in short], prepare))
 
 
 @functools.lru_cache(maxsize=1)

@@ -145,14 +145,19 @@ def model_files_problem(folder: Path) -> str | None:
     if not isinstance(config, dict):
         return "config.json is not a JSON object"
     for shard in sorted(Path(folder).glob("*.safetensors")):
-        problem = _safetensors_problem(shard)
+        try:
+            problem = _safetensors_problem(shard)
+        except OSError as err:  # a link to a missing blob (a hub cache folder copied without them), unreadable
+            problem = f"cannot be read ({err.strerror or err})"
         if problem:
             return f"{shard.name} {problem}"
     for index in Path(folder).glob("*.safetensors.index.json"):
         try:
             names = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, TypeError):
             return f"{index.name} cannot be read as a shard index"
+        if not all(isinstance(name, str) for name in names):
+            return f"{index.name} cannot be read as a shard index (a weight_map value is not a file name)"
         missing = sorted(name for name in names if not Path(folder, str(name)).is_file())
         if missing:
             return f"{index.name} names {len(missing)} missing shard{'s' * (len(missing) > 1)} ({missing[0]})"
@@ -170,6 +175,8 @@ def _safetensors_problem(path: Path) -> str | None:
         try:
             header = json.loads(handle.read(length))
             end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if not isinstance(end, int):
+                raise TypeError(end)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             return "has an unreadable header"
     if size < 8 + length + end:

@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from prep.crisis_model import DISCOUNT_CEILING, LEXICON_FLOOR, THRESHOLD as LEARNED_THRESHOLD
-from prep.crisis_model import SHORT_CHARS, bundled_model, text_length
+from prep.crisis_model import bundled_model, is_short, text_length
 from prep.text import clean_message
 
 DEFAULT_HOTLINES: tuple[str, ...] = (
@@ -64,11 +64,11 @@ _SELF_HARM_PATTERNS = [
     r"(?:再见|永别).{0,16}(?:打不通|联系不上|不回)|(?:打不通|联系不上).{0,16}(?:再见|永别)", r"永远地?停下来", r"想带着孩子一起走", r"(?:对|把)自己(?:饿垮|饿死)", r"故意不吃东西",
     r"(?:拳头|拳)砸自己", r"自焚", r"做得更彻底", r"(?:哪种|什么)方式最不痛苦", r"走进水里", r"开煤气", r"对自己做什么",
     # means named bare in a short message, and asking after them (敌敌畏, 割脉, 十几片安定, 淹死难受吗, 安眠药哪里买)
-    r"敌敌畏", r"百草枯", r"割脉", r"跳搂", r"(?:十几|几十|\d{2,})片", r"(?:一整?瓶|一把)(?:药|安眠药|安定)",
-    r"(?:淹|吊|摔|烧|冻|饿|撞|电)死.{0,3}(?:难受|疼|痛|痛苦|快)吗", r"死得?(?:快|不疼|不痛|没痛苦)",
-    r"安眠[药要].{0,4}(?:哪里|哪儿|怎么|在哪)(?:能)?买", r"最后(?:说)?一次.{0,2}(?:晚安|再见|谢谢)", r"陪我到最后",
-    r"^\W*(?:想|又想|又|刚|已经)?(?:割|划)(?:了|过了)?\W*$", r"^\W*救救?我\W*$", r"吞药", r"\bbxhl\b",
-    r"(?:多高|几楼|几层).{0,3}(?:能|会|才能)?(?:摔|跳)?死",  # a whole message of two or three (割了, 想割): below the classifier's minimum
+    r"敌敌畏", r"百草枯", r"割脉", r"跳搂", r"(?:十几|几十|(?<!\d)\d{2,3})片", r"(?:一整?瓶|一把)(?:药|安眠药|安定)",
+    r"(?:淹|吊|摔|烧|冻|饿|撞|电)死.{0,3}(?:难受|疼|痛|痛苦|快)吗", r"(?:怎么|怎样|如何|哪种|什么).{0,4}死得?(?:快|不疼|不痛|没痛苦)",
+    r"安眠[药要].{0,4}(?:哪里|哪儿|怎么|在哪)(?:能)?买", r"最后(?:说)?一次.{0,2}(?:晚安|再见)", r"^\W*(?:谢谢你?)?陪我到最后\W*$",
+    r"^\W*(?:想|又想|又|刚|已经)?(?:割|划)(?:了|过了)?\W*$", r"^\W*救救?我\W*$", r"^\W*(?:想|已经|刚)?吞药了?\W*$", r"\bbxhl\b",
+    r"(?:多高|几楼|几层).{0,3}(?:能|会|才能)?(?:摔|跳)死|(?:从|跳)几楼.{0,3}(?:能|会)死",  # a whole message of two or three (割了, 想割): below the classifier's minimum
     # English and mixed
     r"\bsuicid", r"\bkill(?:ing)? myself\b", r"\bend(?:ing)? (?:my life|it all)\b", r"\bend it\b", r"\bself[- ]harm",
     r"\bcut(?:ting)? myself\b", r"\bwant(?:s)? to die\b", r"\bdon'?t want to (?:live|be alive|exist)\b", r"不想\s*live",
@@ -82,12 +82,12 @@ _HARM_OTHERS_PATTERNS = [
     r"\bkill (?:him|her|them|everyone)\b", r"\b(?:going|want) to hurt (?:my|him|her|them)\b",
     r"(?:会|要|想)杀了我?(?:老板|领导|同学|室友|继父|老公|老婆|他|她)", r"带刀去", r"今晚就动手", r"付出代价.{0,6}动手|动手.{0,6}付出代价",
     r"要让(?:他|她|他们)死", r"想掐(?:她|他|孩子)", r"陪葬", r"推下楼", r"杀了(?:那个|这个)(?:人|骗子|混蛋)", r"(?:带|拿)(?:把|着)?刀去",
-    r"(?:炸|烧)(?:了|掉|毁)?(?:学校|公司|教室|宿舍)", r"(?:堵|找)(?:他|她).{0,6}带了?(?:把)?刀",
+    r"(?:炸|烧)(?:了|掉|毁)?(?:学校|公司|教室|宿舍)", r"(?:堵|找)(?:他|她).{0,6}带了?(?:把)?刀(?!叉)",
 ]
 # Uses of 死 and 杀 that are figures of speech, not risk.
 _CONFOUNDERS = re.compile(
     r"(?<!慢慢)(?:累|笑|难|热|冷|饿|气|烦|吓|困|忙|急|丑|美|帅|痛|疼|馋|闷|尴尬|无聊)死(?:了|我了|人了|啦)?"
-    r"|死磕|死机|死循环|死线|deadline|想死你|想死我了|笑不活了|自杀式|杀时间|杀毒|杀价|秒杀|杀青|杀了这个bug|跳楼价|跳楼甩卖|跳楼大甩卖|蹦极.{0,12}跳下去|跳伞|跳水|气得想杀人|到(?:原地)?想?紫砂"
+    r"|死磕|死机|死循环|死线|deadline|想死你|想死我了|笑不活了|自杀式|杀时间|杀毒|杀价|秒杀|杀青|杀了这个bug|跳楼价|跳楼甩卖|跳楼大甩卖|蹦极.{0,12}跳下去|跳伞|跳水|气得想杀人|(?:笑|尴尬|社死|丢人)到(?:原地)?想?紫砂|原地紫砂"
 )
 # Third-person news/fiction/research context: only discounted when the user says nothing about themself.
 _THIRD_PARTY = re.compile(r"新闻|报道|小说|电影|电视剧|剧情|角色|主角|剧本|游戏里|历史上|结局|情节|作者|书里|书中|自杀率|统计|论文|研究|辩论"
@@ -256,7 +256,7 @@ def crises_in_dialogues(dialogues: list[list[str]]) -> list[bool]:
     return [any([next(found).crisis for _ in range(len(turns) + (len(turns) > 1))]) for turns in dialogues]
 
 
-_SENTENCE_CLOSED = ("。", "！", "？", "!", "?", ".", "…", "~", "～")
+_SENTENCE_CLOSED = ("。", "！", "？", "!", "?")  # not … . ~ : normalising takes them out between Chinese characters
 
 
 def _joined(turns: list[str]) -> str:
@@ -275,7 +275,9 @@ def crisis_in_latest(user_turns: list[str], recent: int = RECENT_USER_TURNS) -> 
     unless what came after it explains it (狼人杀里那个预言家 after 我想让他死), and older turns do not count, so a long
     conversation is not flagged for good by one message. (``prep eval`` asks more of a model: a referral after a
     crisis anywhere in the dialogue, see ``crises_in_dialogues``.)"""
-    recent_turns = user_turns[-recent:]
+    recent_turns = [turn if isinstance(turn, str) else "" for turn in user_turns[-max(recent, 1):]]
+    if not recent_turns:
+        return False
     texts = [recent_turns[-1]] + ([_joined(recent_turns)] if len(recent_turns) > 1 else [])
     return any(found.crisis for found in detect_crises(texts))
 
@@ -365,9 +367,10 @@ def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
         return CrisisResult(False, score=score)
     matches = self_harm + harm_others
     kind = "self_harm" if self_harm else "harm_others" if harm_others else "learned"
-    # The ceiling trusts what the whole-message model learnt of context; the short-message model saw little of it
-    # (以前想过自杀，现在好了 0.98), so on a short message the discounts always apply.
-    if (score < DISCOUNT_CEILING or length <= SHORT_CHARS) and _discounted(cleaned, kind, matches):
+    # The ceiling trusts what the whole-message model learnt of context; the short-message model saw little of a
+    # recovered past (以前想过自杀，现在好了 0.98), so on a short message that discount always applies. (Not the others:
+    # without 我, 看完新闻不想活了 and 研究做不下去想死 read as news and research.)
+    if (score < DISCOUNT_CEILING and _discounted(cleaned, kind, matches)) or (is_short(cleaned) and _recovered_past(cleaned)):
         return CrisisResult(False, matches=matches, score=score)
     return CrisisResult(True, kind, matches, score)
 
@@ -398,8 +401,13 @@ def _discounted(cleaned: str, kind: str, matches: list[str] = ()) -> bool:
     return bool((_THIRD_PARTY.search(cleaned) and not _FIRST_PERSON.search(cleaned))
                 or (_PROFESSIONAL.search(cleaned) and _ASKS.search(cleaned) and not _SELF_STATEMENT.search(cleaned)
                     and not _owns_risk(cleaned, matches))
-                or (_PAST.search(cleaned) and _RECOVERED.search(cleaned) and not _CURRENT.search(cleaned))
+                or _recovered_past(cleaned)
                 or (kind == "harm_others" and _JOKE.search(cleaned)))
+
+
+def _recovered_past(cleaned: str) -> bool:
+    """A past risk told as past and recovered from, with nothing current (去年想过自杀，现在好多了)."""
+    return bool(_PAST.search(cleaned) and _RECOVERED.search(cleaned) and not _CURRENT.search(cleaned))
 
 
 # Advice against help, around a mention of it: a negation right before it, with only a verb or 什么 between (不用去医院,

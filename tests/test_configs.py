@@ -296,13 +296,22 @@ def test_a_model_folder_cut_short_or_with_a_broken_config_is_one_sentence_before
     cases = [(weights.name, weights.read_bytes()[:-100], "is cut short"), (weights.name, b"", "is not a safetensors file"),
              ("config.json", b'{"model_type": "llama",', "config.json cannot be read as JSON"),
              ("model.safetensors.index.json", b'{"weight_map": {"w": "model-00002-of-00002.safetensors"}}',
-              "names 1 missing shard (model-00002-of-00002.safetensors)")]
+              "names 1 missing shard (model-00002-of-00002.safetensors)"),
+             (weights.name, (35).to_bytes(8, "little") + b'{"w": {"data_offsets": ["0", "4"]}}', "has an unreadable header"),
+             ("model.safetensors.index.json", b'{"weight_map": {"w": ["a"]}}', "cannot be read as a shard index")]
     for n, (name, content, message) in enumerate(cases):
         broken = tmp_path / f"broken{n}"
         shutil.copytree(tiny_model, broken)
         (broken / name).write_bytes(content)
         with pytest.raises(PrepError, match=re.escape(message)):
             check_run(_checkable(tmp_path, broken), tmp_path / "run", resume=False, force=False)
+    # a weights file linked to a blob that is not there (a hub cache folder copied without its blobs)
+    linked = tmp_path / "linked"
+    shutil.copytree(tiny_model, linked)
+    (linked / weights.name).unlink()
+    (linked / weights.name).symlink_to(tmp_path / "no-such-blob")
+    with pytest.raises(PrepError, match=re.escape(f"{weights.name} cannot be read (No such file or directory)")):
+        check_run(_checkable(tmp_path, linked), tmp_path / "run", resume=False, force=False)
 
 
 def test_recording_the_end_of_a_run_needs_its_manifest_and_keeps_an_unreadable_one(tmp_path):

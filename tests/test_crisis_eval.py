@@ -58,7 +58,8 @@ def test_detector_on_long_messages_it_never_saw():
 def test_detector_on_short_chat_messages_it_never_saw():
     """crisis_short_holdout2: 150 + 150 whole chat messages of 1 to 12 characters (bare means words, fragments such as
     割了, slang, pinyin; everyday counselling talk and look-alikes), written blind. Scored once before and once after
-    short messages got their own model: 0.867 / 0.087 -> 0.960 / 0.040 (bench/README.md)."""
+    short messages got their own model: 0.867 / 0.087 -> 0.960 / 0.040 (0.967 / 0.040 after a review's fixes;
+    bench/README.md)."""
     frame = load(ROOT / "data" / "tests" / "crisis_short_holdout2.csv")
     assert (frame.label == 1).sum() >= 150 and (frame.text.str.len() <= 12).all()
     recall, false_positive_rate = rates(frame)
@@ -76,7 +77,7 @@ def test_ordinary_short_counselling_messages_rarely_get_a_referral():
 def test_chat_finds_a_risk_told_over_several_messages():
     """crisis_dialogue_holdout: 80 + 80 dialogues of 2-4 user messages, written blind; label: the reply to the last
     message needs the referral. 44 crisis dialogues have no message that shows the risk alone. The last message alone
-    finds 41%; with the user's three before it (crisis_in_latest, what chat.py does) 97.5%, at 21% false alarms on
+    finds 41%; with the user's three before it (crisis_in_latest, what chat.py does) 98.8%, at 19% false alarms on
     dialogues built so that one message alone sounds alarming (bench/README.md)."""
     import json
 
@@ -87,7 +88,7 @@ def test_chat_finds_a_risk_told_over_several_messages():
     labels = pd.Series([d["label"] for d in dialogues])
     alone = pd.Series([detect_crisis(d["user_turns"][-1]).crisis for d in dialogues])
     latest = pd.Series([crisis_in_latest(d["user_turns"]) for d in dialogues])
-    assert latest[labels == 1].mean() >= 0.95 and latest[labels == 0].mean() <= 0.25
+    assert latest[labels == 1].mean() >= 0.95 and latest[labels == 0].mean() <= 0.22
     assert alone[labels == 1].mean() <= 0.6  # the set needs the earlier messages: it tests what it says
 
 

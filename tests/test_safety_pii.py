@@ -165,3 +165,15 @@ def test_a_risk_told_over_several_messages_is_found_in_the_last():
     talk = ["我不想活了", "你不懂", "今天天气不错", "你不懂", "嗯"]
     assert [crisis_in_latest(talk[:n]) for n in range(1, 6)] == [True, True, True, True, False]
     assert not crisis_in_latest(["最近在玩狼人杀", "我是女巫", "把队友毒死了哈哈"])
+
+
+def test_short_messages_keep_their_risk_and_their_figures_of_speech():
+    """A review of the short-message model: every discount applied to a short message, so 新闻 / 研究 without 我 read as
+    news and research; 到想紫砂 after any word was taken for the meme; new lexicon words matched ordinary messages."""
+    for crisis in ("看完新闻不想活了", "研究做不下去想死", "难过到想紫砂", "上吊疼吗", "割了", "十几片安定", "生无可恋，只想死"):
+        assert detect_crisis(crisis).crisis, crisis
+    for ordinary in ("笑到紫砂", "尴尬到原地紫砂", "以前想过自杀，现在好了", "陪我到最后好不好", "这种鱼死得快", "找她吃饭带了刀叉"):
+        assert not detect_crisis(ordinary).crisis, ordinary
+    # messages ending in … or ~ are not run together when joined (好累，不想… + 活动还要去吗 read 不想活动)
+    assert not crisis_in_latest(["好累，不想…", "活动还要去吗"]) and not crisis_in_latest([])
+    assert not crisis_in_latest([None, "嗯"])  # a history edited from outside
