@@ -238,7 +238,10 @@ def test_a_failed_training_suggests_resume_only_when_there_is_a_checkpoint(tiny_
     repo = _repo_copy(tmp_path)
     broken = tmp_path / "broken model"
     shutil.copytree(tiny_model, broken)
-    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    # weights that do not fit the config: passes the run check (both files whole), fails when training loads them
+    model_config = json.loads((broken / "config.json").read_text(encoding="utf-8"))
+    (broken / "config.json").write_text(json.dumps({**model_config, "intermediate_size": 2 * model_config["intermediate_size"]}),
+                                        encoding="utf-8")
     config = _demo_config(tmp_path / "my.yaml", model_name_or_path=str(broken))
     result = _sft(repo, "--config", str(config), "--output", str(tmp_path / "run"), "--no-merge")
     assert result.returncode == 10, result.stdout[-1500:] + result.stderr[-1500:]
