@@ -211,7 +211,7 @@ def _learned_probabilities(cleaned: list[str], model) -> list[float]:
 
 
 def prepare_detector() -> None:
-    """Train the classifier now (~2 s once per process) rather than on the first message scored."""
+    """Train the classifiers now (~4 s once per process) rather than on the first message scored."""
     bundled_model(_cleaned)
 
 
