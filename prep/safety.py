@@ -67,8 +67,9 @@ _SELF_HARM_PATTERNS = [
     r"敌敌畏", r"百草枯", r"割脉", r"跳搂", r"(?:十几|几十|(?<!\d)\d{2,3})片", r"(?:一整?瓶|一把)(?:药|安眠药|安定)",
     r"(?:淹|吊|摔|烧|冻|饿|撞|电)死.{0,3}(?:难受|疼|痛|痛苦|快)吗", r"(?:怎么|怎样|如何|哪种|什么).{0,4}死得?(?:快|不疼|不痛|没痛苦)",
     r"安眠[药要].{0,4}(?:哪里|哪儿|怎么|在哪)(?:能)?买", r"最后(?:说)?一次.{0,2}(?:晚安|再见)", r"^\W*(?:谢谢你?)?陪我到最后\W*$",
+    # whole messages of two or three characters, below the classifier's minimum (割了, 想割, 救我, 吞药)
     r"^\W*(?:想|又想|又|刚|已经)?(?:割|划)(?:了|过了)?\W*$", r"^\W*救救?我\W*$", r"^\W*(?:想|已经|刚)?吞药了?\W*$", r"\bbxhl\b",
-    r"(?:多高|几楼|几层).{0,3}(?:能|会|才能)?(?:摔|跳)死|(?:从|跳)几楼.{0,3}(?:能|会)死",  # a whole message of two or three (割了, 想割): below the classifier's minimum
+    r"(?:多高|几楼|几层).{0,3}(?:能|会|才能)?(?:摔|跳)死|(?:从|跳)几楼.{0,3}(?:能|会)死",
     # English and mixed
     r"\bsuicid", r"\bkill(?:ing)? myself\b", r"\bend(?:ing)? (?:my life|it all)\b", r"\bend it\b", r"\bself[- ]harm",
     r"\bcut(?:ting)? myself\b", r"\bwant(?:s)? to die\b", r"\bdon'?t want to (?:live|be alive|exist)\b", r"不想\s*live",
