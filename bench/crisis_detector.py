@@ -34,7 +34,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from prep import crisis_model, safety  # noqa: E402
-from prep.safety import _cleaned, crisis_in_latest, crisis_score, detect_crisis  # noqa: E402
+from prep.safety import _cleaned, _training_text, crisis_in_latest, crisis_score, detect_crisis  # noqa: E402
 
 TEST_SETS = tuple(f"crisis_holdout{n}" for n in range(2, 13)) + ("crisis_long_holdout", "crisis_short_holdout2")
 # Multi-turn dialogues (JSONL: user_turns, label = the reply to the last turn needs the referral), as chat.py judges them
@@ -123,7 +123,7 @@ def out_of_fold_scores(texts: list[str], cleaned: list[str], labels: np.ndarray,
     for source in np.unique(sources):
         held = sources == source
         model = crisis_model.fit_routed([t for t, h in zip(texts, held) if not h], list(labels[~held]),
-                                        list(sources[~held]), _cleaned)
+                                        list(sources[~held]), _training_text)
         scores[held] = model.probabilities([c for c, h in zip(cleaned, held) if h])
     return scores
 

@@ -31,7 +31,7 @@ _SELF_HARM_PATTERNS = [
     # explicit words
     r"自杀", r"轻生", r"寻死", r"自尽", r"自残", r"自伤", r"自我伤害", r"伤害自己", r"割腕", r"了断", r"轻身",
     r"不想活", r"活不下去", r"不活了", r"活着(?:真|也|还)?没(?:有)?(?:什么)?意思", r"活着有什么意思", r"活够了",
-    r"不如死了", r"死了算了", r"死了就好", r"一了百了", r"想(?:去)?死(?![你您他她它亡]|我了)", r"(?:怎么|应该|只能|就该)去死",
+    r"不如死了", r"死了算了", r"不想再?呼吸", r"死了就好", r"一了百了", r"想(?:去)?死(?![你您他她它亡]|我了)", r"(?:怎么|应该|只能|就该)去死",
     r"结束(?:自己的|我的|这)?(?:生命|一切)", r"离开这个世界", r"从这个世界(?:上)?消失", r"不想(?:再)?存在",
     # euphemisms and farewells
     r"(?:不要|不想|不用)再醒(?:来|过来)", r"永远睡(?:过去|着|下去)", r"再也不(?:回来|醒来)", r"(?:只想|想要?|求)(?:彻底)?解脱",
@@ -59,7 +59,7 @@ _SELF_HARM_PATTERNS = [
     r"活着.{0,6}(?:拖累|浪费|没(?:有)?(?:什么)?意义|没意思)", r"撑不下去了", r"不在了.{0,10}(?:轻松|更好|解脱)",
     r"我(?:死|走)了.{0,10}(?:保险|拿到钱|轻松|更好)", r"死了.{0,6}(?:保险|留点)", r"怎么死", r"死才不会", r"(?:慢慢)?饿死", r"一睡不醒", r"去那边找",
     r"带着孩子一起走", r"把自己也一起", r"(?:永远|彻底)消失|消失.{0,8}永远", r"吞了.{0,4}(?:药|布洛芬|安眠药|农药)|吞了(?:半|一)瓶",
-    r"(?:不疼|不痛|无痛)的(?:办法|方法|方式)", r"手上(?:好多|全是|都是)血", r"(?:已经|又|刚)割了", r"受够了.{0,10}(?:走|死|结束)",
+    r"(?:不疼|不痛|无痛)的(?:办法|方法|方式)", r"血流出来的感觉", r"阳台.{0,4}往下(?:看|跳)", r"手上(?:好多|全是|都是)血", r"(?:已经|又|刚)割了", r"受够了.{0,10}(?:走|死|结束)",
     r"(?<![a-z])kms(?![a-z])", r"想s[，,。！ ]|想s$", r"(?<![a-z])zs(?![a-z])",
     r"(?:再见|永别).{0,16}(?:打不通|联系不上|不回)|(?:打不通|联系不上).{0,16}(?:再见|永别)", r"永远地?停下来", r"想带着孩子一起走", r"(?:对|把)自己(?:饿垮|饿死)", r"故意不吃东西",
     r"(?:拳头|拳)砸自己", r"自焚", r"做得更彻底", r"(?:哪种|什么)方式最不痛苦", r"走进水里", r"开煤气", r"对自己做什么",
@@ -75,7 +75,8 @@ _SELF_HARM_PATTERNS = [
     r"\bcut(?:ting)? myself\b", r"\bwant(?:s)? to die\b", r"\bdon'?t want to (?:live|be alive|exist)\b", r"不想\s*live",
     r"\bhurt(?:ing)? myself\b", r"better off without me", r"\bno reason to live\b", r"\bcutting again\b",
     r"don'?t want to be here anymore", r"\bif i was gone\b", r"pills (?:ready|saved)", r"going to the bridge",
-    r"can'?t do this anymore", r"took a bunch of pills", r"\bhow to die\b", r"\blethal dose",
+    r"can'?t do this anymore", r"took a bunch of pills", r"\bhow to die\b", r"\b(?:lethal|fatal) (?:dose|amount)", r"\bhow many (?:pills|tablets)",
+    r"\bpainless (?:ways?|methods?)\b", r"\bhow (?:many|much) \w+ (?:would|will|to) (?:be fatal|kill)",
 ]
 _HARM_OTHERS_PATTERNS = [
     r"(?:想|要|会|真想)(?:去)?杀(?:了|掉|死)?(?:他|她|他们|她们|人|全家)", r"同归于尽", r"报复社会", r"(?:弄死|掐死|捅死|砍死|毒死)(?:他|她|他们|我|我家|这)?",
@@ -100,7 +101,7 @@ _PAST = re.compile(r"去年|以前|曾经|几年前|那时|那年|那段时间|(
 _RECOVERED = re.compile(r"现在.{0,4}(?:好多了|挺好|很好|好了|不错|不会了|很久没)|已经(?:不会了|走出来|好了|很久没)|走出来|坚持治疗|治疗了|康复|疤也淡|撑住了|撑过来|挺过来|现在有工作")
 # Professional, research or training questions about crisis, not a crisis.
 _PROFESSIONAL = re.compile(r"研究生|综述|论文|统计|培训|志愿者|接线员|来电者|临床上|怎么区分|怎么回应|预防|复习|心理学|风险评估|期末"
-                           r"|warning signs|prevention|guide for|research|psych|ideation|final exam", re.IGNORECASE)
+                           r"|warning signs|prevention|guide for|research(?!ing)|psych|ideation|final exam", re.IGNORECASE)
 _SELF_STATEMENT = re.compile(r"我(?:真的|好|很|就|已经|现在)?(?:想|要|准备|打算)(?:去)?(?:死|自杀|轻生|结束)")
 # A professional's message asks or sets a task; a student's or statistician's own crisis (我做统计工作的，最近一直想割腕,
 # my final exam went badly and I want to die) does neither and is not discounted for the words 统计 / final exam.
@@ -132,6 +133,39 @@ _COMPOSED = re.compile(
     rf"{_INSTRUMENT}.{{0,12}}{_PREPARED}|{_PREPARED}.{{0,12}}{_INSTRUMENT}"
     rf"|(?:去|在|站|坐|准备).{{0,6}}{_HEIGHT}|{_HEIGHT}.{{0,12}}{_FINAL}"
     rf"|{_WATER}.{{0,16}}{_FINAL}|{_FINAL}.{{0,16}}{_WATER}"
+)
+# A plain denial of risk (我没有想过自杀, 从来没有伤害自己或别人的念头, 我绝对不会轻生, 想自杀？没有, 医生问我有没有想过结束
+# 生命，我说没有, I have never thought about suicide) is taken out before matching and scoring, like a figure of speech:
+# what is left decides (我没想死，只是想永远消失 and 我不会自杀的，就是每天盼着出个意外 are still crises). Not a denial
+# that tells of a recent risk (好几天没想过死了, 已经没有自杀的念头了, 还没想过, 之前没想过, 没自杀成, 没想死得那么具体, 不会再做傻事, 不想死后还被骂), nor
+# one the message goes back on (但最近总是想, 直到今天); a wish or a promise (我不想死, 我不会自杀) not when a 但 follows
+# it (我不想死，但是活着好痛苦).
+_ONE_DENIED_RISK = (r"(?:自杀|轻生|寻死|自尽|自残|自伤|自我伤害|(?:伤害|割|划)过?(?:自己|别人|他人|任何人|孩子|家人)|伤(?:自己|谁)"
+                    r"|结束(?:自己的?生命|自己|生命)|割腕|跳楼|做傻事|想不开|不想活|杀人|伤人)")
+_DENIED_RISKS = rf"{_ONE_DENIED_RISK}(?:(?:或者?|和|、|及|也|/)(?:{_ONE_DENIED_RISK}|别人|他人|任何人))*"
+_THOUGHT = r"(?:想法|念头|打算|冲动|计划|倾向|意图|行为)"
+_IDEATION = r"(?:想到过|想过|考虑过|产生过|动过|有过|出现过|萌生过|打算过?|想要|想着|想)(?:要|去)?"
+_DENIED = rf"(?:任何|什么)?(?:{_IDEATION}(?:{_DENIED_RISKS}|死)|{_DENIED_RISKS})过?(?:的?{_THOUGHT})?"
+_DENIAL_NOT_AFTER = r"(?<![经久天周月年时候还再前是会有死])"  # nor a question (是不是, 会不会, 有没有, 死不死)
+_DENIAL_END = (r"(?![了成得后]|[^，。,.!?！？；;]{0,3}了|[^，。,.!?！？；;]*直到)"
+               r"(?!.{0,16}(?:直到|骗|假的|撒谎|说谎|其实(?:每天|一直|经常|天天|有时|还是)?都?(?:有|想)|until|till|(?:开始|总是|老是|一直|又|经常|常常|最近|现在|偶尔|有时)(?:会|也|还)?"
+               r"想(?:着|了|过)?(?=$|[，。,.!?！？；;]|死|自杀|这|那|结束|消失|离开)))")
+_BUT = r"(?![，,\s]{0,2}(?:但|可是|可|却|不过|只是(?:活着|太|好|真的?)))"
+_ABSENCE = r"(?:从来|从|根本|并|完全|绝对|一直|也|都|真的|真)?(?:没有?|从未|未曾|不曾|不存在)"
+_WILL_NOT = r"(?:(?:绝对|根本|肯定|也|都|真的|真)?(?:不会|不是|不打算|不)|是不会)(?!再)"
+_ANSWERED_NO = (r"(?:如实|都|也)?(?:说|回答|答|选了?|写了?)?了?(?:其实)?我?(?:真的?|根本|并|确实)?(?:没有|没|否)(?:没有)?过?"
+                r"(?:啊|呀|的)?(?=$|[，。,.!！?？]|是真)")
+_ASKED = rf"(?:有没有|是否有?|有无|是不是|会不会|担心我?|怕我|以为我)(?:会|要|有)?过?(?:{_IDEATION})?(?:{_DENIED_RISKS}|死)(?:的?{_THOUGHT})?"
+_DENIALS = re.compile(
+    rf"{_DENIAL_NOT_AFTER}{_ABSENCE}{_DENIED}{_DENIAL_END}"
+    rf"|{_DENIAL_NOT_AFTER}{_WILL_NOT}(?:为了?[^，。,.!?！？]{{1,6}}?)?(?:{_DENIED}|(?<=会)(?:去)?死|(?<=[他她]|人)(?:去)?死)"
+    rf"{_DENIAL_END}{_BUT}"
+    rf"|{_ASKED}[^。！!？?]{{0,4}}[”\"」]?[，,。？?]?[^。！!]{{0,14}}?{_ANSWERED_NO}"
+    rf"|想?{_DENIED_RISKS}(?:的?{_THOUGHT}[？?，,：:]?|了?[？?]+)(?:从来|根本|完全|绝对|真的|也|都)?{_ANSWERED_NO}"
+    r"|(?<![a-z])(?:never|not|no|haven'?t|have not|don'?t have|do not have)(?: (?:ever|had|have|having|really|been|any|felt|gonna|going|"
+    r"thought|thoughts|thinking|considered|plans?|ideas?|urges?|wanted|about|of|to))* (?:suicid\w*|killing myself"
+    r"|kill myself|self[- ]harm\w*|hurting myself|hurt myself|harming myself|harm myself|ending my life|end my life|die)"
+    r"(?![^.!?]{0,16}(?<![a-z])(?:until|till|but (?:now|lately|recently|today|tonight|these days))(?![a-z]))"
 )
 _JOKE = re.compile(r"开玩笑|说着玩|哈哈|😂|🤣|(?<![a-z])(?:lol|jk)(?![a-z])", re.IGNORECASE)
 _SEPARATORS_IN_WORD = re.compile(r"(?<=[\u4e00-\u9fff])[$*#@._~·\-]+(?=[\u4e00-\u9fff])")
@@ -200,10 +234,24 @@ LEARNED_MIN_CHARS = 3
 
 def crisis_score(text: str) -> float:
     """The classifier's probability that ``text`` signals a crisis (0 when no training data is bundled)."""
-    return _learned_probabilities([_cleaned(text)], bundled_model(_cleaned))[0]
+    return _learned_probabilities([_cleaned(text)], bundled_model(_training_text))[0]
 
 
 def _cleaned(text: str) -> str:
+    """What the lexicon and the classifier judge: the text normalised, figures of speech and plain denials taken out."""
+    return _judged(text)[0]
+
+
+def _judged(text: str) -> tuple[str, bool]:
+    """``_cleaned`` and whether a denial was taken out."""
+    cleaned, denials = _DENIALS.subn(" ", _training_text(text))
+    return cleaned, denials > 0
+
+
+def _training_text(text: str) -> str:
+    """What the classifier trains on: denials are left in (taking them out of the training messages too moved other
+    messages' scores: false alarms on long ordinary messages 8.6% -> 9.0%; bench/README.md), so a message without one
+    scores as it did before they were taken out."""
     return _CONFOUNDERS.sub(" ", normalise_for_detection(text))
 
 
@@ -213,7 +261,7 @@ def _learned_probabilities(cleaned: list[str], model) -> list[float]:
 
 def prepare_detector() -> None:
     """Train the classifiers now (~4 s once per process) rather than on the first message scored."""
-    bundled_model(_cleaned)
+    bundled_model(_training_text)
 
 
 def detect_crisis(text: str, use_model: bool = True) -> CrisisResult:
@@ -226,12 +274,12 @@ def detect_crisis(text: str, use_model: bool = True) -> CrisisResult:
 
 def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult]:
     """``detect_crisis`` for many messages, the classifier scoring them in vectorised slices."""
-    cleaned = [_cleaned(text) for text in texts]
-    model = bundled_model(_cleaned) if use_model else None
+    cleaned, denied = zip(*map(_judged, texts)) if texts else ((), ())
+    model = bundled_model(_training_text) if use_model else None
     scores = _scores(cleaned, model)
     # Without a classifier (switched off, or no labelled data found) the lexicon decides alone.
     floor = LEXICON_FLOOR if model is not None else 0.0
-    results = [_decide(text, score, floor) for text, score in zip(cleaned, scores)]
+    results = [_decide(text, score, floor, had_denial) for text, score, had_denial in zip(cleaned, scores, denied)]
     windows = []
     for n, (text, score, found) in enumerate(zip(cleaned, scores, results)):
         if not found.crisis:
@@ -241,7 +289,7 @@ def detect_crises(texts: list[str], use_model: bool = True) -> list[CrisisResult
             if not of_pieces or score >= _WINDOW_GATE or any(found.matches or _lexicon_hits(text)):
                 windows += [(n, window) for window in text_windows]
     for (n, window), window_score in zip(windows, _scores([window for _, window in windows], model)):
-        part = _decide(window, window_score, floor)
+        part = _decide(window, window_score, floor, denied[n])
         if not results[n].crisis and part.crisis and _window_counts(cleaned[n], part):
             results[n] = part
     return results
@@ -350,10 +398,11 @@ def _lexicon_hits(cleaned: str) -> tuple[list[str], list[str]]:
     return self_harm, [m.group(0) for m in _HARM_OTHERS.finditer(cleaned)]
 
 
-def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
+def _decide(cleaned: str, score: float, floor: float, had_denial: bool = False) -> CrisisResult:
     """Lexicon hits the classifier does not rule out (``score >= floor``) or the classifier's score alone
-    (``score >= threshold``), then the discounts for news, professionals and past risk, unless the classifier
-    is sure (``score >= DISCOUNT_CEILING``)."""
+    (``score >= threshold``; when a denial was taken out and a short rest is left, a fragment such as 没有，我 的
+    that no model trained on, only when it is sure), then the discounts for news, professionals and past risk,
+    unless the classifier is sure (``score >= DISCOUNT_CEILING``)."""
     length = text_length(cleaned)
     if score >= floor:
         self_harm, harm_others = _lexicon_hits(cleaned)
@@ -363,7 +412,8 @@ def _decide(cleaned: str, score: float, floor: float) -> CrisisResult:
     else:  # the classifier rules the lexicon out: no need to run it (most windows of a long message)
         self_harm, harm_others = [], []
     # The classifier alone does not decide on a few characters (你好, 谢谢, 晚安 sit near farewells in its data).
-    learned = score >= LEARNED_THRESHOLD and length >= LEARNED_MIN_CHARS
+    learned = (score >= (DISCOUNT_CEILING if had_denial and is_short(cleaned) else LEARNED_THRESHOLD)
+               and length >= LEARNED_MIN_CHARS)
     if not self_harm and not harm_others and not learned:
         return CrisisResult(False, score=score)
     matches = self_harm + harm_others
@@ -382,9 +432,8 @@ def _owns_risk(cleaned: str, matches: list[str]) -> bool:
 
 
 def _speaker_owns(cleaned: str, found: re.Match) -> bool:
-    breaks_before = list(_CLAUSE_BREAK.finditer(cleaned, 0, found.start()))
     break_after = _CLAUSE_BREAK.search(cleaned, found.end())
-    before = cleaned[breaks_before[-1].end() if breaks_before else 0:found.start()]
+    before = _clause_before(cleaned, found.start())
     after = cleaned[found.end():break_after.start() if break_after else len(cleaned)]
     if _RISK_AS_TOPIC.match(after) or _PAST.search(before) or _QUOTED.search(before):
         return False
@@ -400,10 +449,21 @@ def _discounted(cleaned: str, kind: str, matches: list[str] = ()) -> bool:
     """Whether the message's context says it is no crisis: someone else's or a professional's story, a past
     and recovered risk, or (for harm to others alone) a joke."""
     return bool((_THIRD_PARTY.search(cleaned) and not _FIRST_PERSON.search(cleaned))
-                or (_PROFESSIONAL.search(cleaned) and _ASKS.search(cleaned) and not _SELF_STATEMENT.search(cleaned)
+                or (_PROFESSIONAL.search(cleaned) and _ASKS.search(cleaned) and not _states_own_risk(cleaned)
                     and not _owns_risk(cleaned, matches))
                 or _recovered_past(cleaned)
                 or (kind == "harm_others" and _JOKE.search(cleaned)))
+
+
+def _states_own_risk(cleaned: str) -> bool:
+    """我想死 / 我很想自杀 said of now: not in a clause told in the past (那时候我很想死, from a volunteer who asks how to
+    look after themself)."""
+    return any(not _PAST.search(_clause_before(cleaned, found.start())) for found in _SELF_STATEMENT.finditer(cleaned))
+
+
+def _clause_before(cleaned: str, position: int) -> str:
+    breaks_before = list(_CLAUSE_BREAK.finditer(cleaned, 0, position))
+    return cleaned[breaks_before[-1].end() if breaks_before else 0:position]
 
 
 def _recovered_past(cleaned: str) -> bool:

@@ -177,3 +177,17 @@ def test_short_messages_keep_their_risk_and_their_figures_of_speech():
     # messages ending in … or ~ are not run together when joined (好累，不想… + 活动还要去吗 read 不想活动)
     assert not crisis_in_latest(["好累，不想…", "活动还要去吗"]) and not crisis_in_latest([])
     assert not crisis_in_latest([None, "嗯"])  # a history edited from outside
+
+
+def test_a_plain_denial_is_not_an_alarm_but_a_denial_that_tells_of_risk_is():
+    """Counselling posts often say what is not the matter (我没有想过自杀，只是…): the build's crisis rule dropped such a
+    conversation when its answer gave no hotline. A denial that tells of a recent risk, or that the message goes back
+    on, still fires, and so does a crisis phrased with a negation."""
+    for ordinary in ("我没有想过自杀，只是最近总是失眠", "从来没有伤害自己或别人的念头，就是和爸妈关系很僵",
+                     "想自杀？没有，我就是失恋了想找人聊聊", "医生问我有没有想过结束生命，我如实说没有",
+                     "我绝对不会轻生，只是考试前紧张", "I have never thought about suicide, I just hate my job"):
+        assert not detect_crisis(ordinary).crisis, ordinary
+    for crisis in ("我不想活了", "我已经好几天没想过死了", "我没想死，只是想永远消失", "我不想死，但是活着好痛苦",
+                   "我没想过自杀，但最近总是想", "上次没自杀成", "我答应过妈妈不会再伤害自己，但今晚忍不住了",
+                   "我目前还没有自杀的打算", "我从来没想过自杀，直到今天", "I don't want to die but I can't go on like this"):
+        assert detect_crisis(crisis).crisis, crisis
