@@ -72,7 +72,7 @@ _SELF_HARM_PATTERNS = [
     r"(?:多高|几楼|几层).{0,3}(?:能|会|才能)?(?:摔|跳)死|(?:从|跳)几楼.{0,3}(?:能|会)死",
     # English and mixed
     r"\bsuicid", r"\bkill(?:ing)? myself\b", r"\bend(?:ing)? (?:my life|it all)\b", r"\bend it\b", r"\bself[- ]harm",
-    r"\bcut(?:ting)? myself\b", r"\bwant(?:s)? to die\b", r"\bdon'?t want to (?:live|be alive|exist)\b", r"不想\s*live",
+    r"\bcut(?:ting)? myself\b", r"\bburn(?:ing|ed|t)? myself\b", r"\bwant(?:s)? to die\b", r"\bdon'?t want to (?:live|be alive|exist)\b", r"不想\s*live",
     r"\bhurt(?:ing)? myself\b", r"better off without me", r"\bno reason to live\b", r"\bcutting again\b",
     r"don'?t want to be here anymore", r"\bif i was gone\b", r"pills (?:ready|saved)", r"going to the bridge",
     r"can'?t do this anymore", r"took a bunch of pills", r"\bhow to die\b", r"\b(?:lethal|fatal) (?:dose|amount)", r"\bhow many (?:pills|tablets)",
@@ -138,21 +138,21 @@ _COMPOSED = re.compile(
 # 生命，我说没有, I have never thought about suicide) is taken out before matching and scoring, like a figure of speech:
 # what is left decides (我没想死，只是想永远消失 and 我不会自杀的，就是每天盼着出个意外 are still crises). Not a denial
 # that tells of a recent risk (好几天没想过死了, 已经没有自杀的念头了, 还没想过, 之前没想过, 没自杀成, 没想死得那么具体, 不会再做傻事, 不想死后还被骂), nor
-# one the message goes back on (但最近总是想, 直到今天); a wish or a promise (我不想死, 我不会自杀) not when a 但 follows
+# one the message goes back on (但最近总是想, 直到今天, 不是实话); a wish or a promise (我不想死, 我不会自杀) not when a 但 follows
 # it (我不想死，但是活着好痛苦).
 _ONE_DENIED_RISK = (r"(?:自杀|轻生|寻死|自尽|自残|自伤|自我伤害|(?:伤害|割|划)过?(?:自己|别人|他人|任何人|孩子|家人)|伤(?:自己|谁)"
-                    r"|结束(?:自己的?生命|自己|生命)|割腕|跳楼|做傻事|想不开|不想活|杀人|伤人)")
+                    r"|结束(?:自己的?生命|自己|生命)|离开这个世界|割腕|跳楼|做傻事|想不开|不想活|杀人|伤人)")
 _DENIED_RISKS = rf"{_ONE_DENIED_RISK}(?:(?:或者?|和|、|及|也|/)(?:{_ONE_DENIED_RISK}|别人|他人|任何人))*"
 _THOUGHT = r"(?:想法|念头|打算|冲动|计划|倾向|意图|行为)"
 _IDEATION = r"(?:想到过|想过|考虑过|产生过|动过|有过|出现过|萌生过|打算过?|想要|想着|想)(?:要|去)?"
 _DENIED = rf"(?:任何|什么)?(?:{_IDEATION}(?:{_DENIED_RISKS}|死)|{_DENIED_RISKS})过?(?:的?{_THOUGHT})?"
 _DENIAL_NOT_AFTER = r"(?<![经久天周月年时候还再前是会有死])"  # nor a question (是不是, 会不会, 有没有, 死不死)
 _DENIAL_END = (r"(?![了成得后]|[^，。,.!?！？；;]{0,3}了|[^，。,.!?！？；;]*直到)"
-               r"(?!.{0,16}(?:直到|骗|假的|撒谎|说谎|其实(?:每天|一直|经常|天天|有时|还是)?都?(?:有|想)|until|till|(?:开始|总是|老是|一直|又|经常|常常|最近|现在|偶尔|有时)(?:会|也|还)?"
+               r"(?!.{0,16}(?:直到|骗|假的|假话|撒谎|说谎|违心|不是实话|不是真的|其实(?:每天|一直|经常|天天|有时|还是)?都?(?:有|想)|until|till|(?:开始|总是|老是|一直|又|经常|常常|最近|现在|偶尔|有时)(?:会|也|还)?"
                r"想(?:着|了|过)?(?=$|[，。,.!?！？；;]|死|自杀|这|那|结束|消失|离开)))")
 _BUT = r"(?![，,\s]{0,2}(?:但|可是|可|却|不过|只是(?:活着|太|好|真的?)))"
 _ABSENCE = r"(?:从来|从|根本|并|完全|绝对|一直|也|都|真的|真)?(?:没有?|从未|未曾|不曾|不存在)"
-_WILL_NOT = r"(?:(?:绝对|根本|肯定|也|都|真的|真)?(?:不会|不是|不打算|不)|是不会)(?!再)"
+_WILL_NOT = r"(?:(?:绝对|根本|肯定|一点都|一点也|也|都|真的|真)?(?:不会|不是|不打算|不)|是不会)(?!再)"
 _ANSWERED_NO = (r"(?:如实|都|也)?(?:说|回答|答|选了?|写了?)?了?(?:其实)?我?(?:真的?|根本|并|确实)?(?:没有|没|否)(?:没有)?过?"
                 r"(?:啊|呀|的)?(?=$|[，。,.!！?？]|是真)")
 _ASKED = rf"(?:有没有|是否有?|有无|是不是|会不会|担心我?|怕我|以为我)(?:会|要|有)?过?(?:{_IDEATION})?(?:{_DENIED_RISKS}|死)(?:的?{_THOUGHT})?"
