@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from prep import crisis_model, safety  # noqa: E402
 from prep.safety import _cleaned, _training_text, crisis_in_latest, crisis_score, detect_crisis  # noqa: E402
 
-TEST_SETS = tuple(f"crisis_holdout{n}" for n in range(2, 13)) + ("crisis_long_holdout", "crisis_short_holdout2")
+TEST_SETS = tuple(f"crisis_holdout{n}" for n in range(2, 13)) + ("crisis_long_holdout", "crisis_short_holdout2", "crisis_denial_holdout")
 # Multi-turn dialogues (JSONL: user_turns, label = the reply to the last turn needs the referral), as chat.py judges them
 DIALOGUE_SETS = (("test", ROOT / "data" / "tests" / "crisis_dialogue_holdout.jsonl"),
                  ("development", ROOT / "data" / "dev" / "crisis_dialogue_dev.jsonl"))

@@ -74,6 +74,16 @@ def test_ordinary_short_counselling_messages_rarely_get_a_referral():
     assert recall >= 0.95 and false_positive_rate <= 0.04, f"recall {recall:.3f}, false-positive rate {false_positive_rate:.3f}"
 
 
+def test_detector_on_denials_it_never_saw():
+    """crisis_denial_holdout: 150 + 150 written blind (denials, look-alikes, crises hidden behind a denial or phrased
+    with negations), scored once on the session-start detector and once after denials were taken out: 0.940 / 0.320 ->
+    0.933 / 0.187 (denials 0.480 -> 0.280; bench/README.md)."""
+    frame = load(ROOT / "data" / "tests" / "crisis_denial_holdout.csv")
+    assert (frame.label == 1).sum() >= 150
+    recall, false_positive_rate = rates(frame)
+    assert recall >= 0.92 and false_positive_rate <= 0.2, f"recall {recall:.3f}, false-positive rate {false_positive_rate:.3f}"
+
+
 def test_a_plain_denial_rarely_gets_a_referral_and_a_crisis_behind_one_is_still_found():
     """data/dev/crisis_denial_dev*.csv (development, 700 + 700): denials (我没有想过自杀，只是…), look-alike words, and
     crises phrased with negations or hidden behind a denial. dev2-dev4 were written blind and each scored once before
