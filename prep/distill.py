@@ -572,6 +572,20 @@ def check_options(config: DistillConfig) -> None:
     if config.batch and config.processes not in (None, 1):
         raise PrepError("--processes applies to live requests; a --batch run uploads its requests as files, leave it out.")
     load_topics(config.topics)  # a bad grid would stop the plan after the journal's folder and lock were made
+    _check_endpoint(config)
+
+
+def _check_endpoint(config: DistillConfig) -> None:
+    """A base URL that is no http(s) URL, or OpenAI's own API without a key, was retried for half a minute per
+    request before failing; a local server (vLLM, Ollama) takes any key."""
+    base_url, host = endpoint_host(config)
+    parsed = urlparse(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise PrepError(f"--base-url {base_url}: expected an http(s) URL such as http://127.0.0.1:8000/v1 "
+                        "(from --base-url or $OPENAI_BASE_URL).")
+    if host.endswith("openai.com") and not os.environ.get("OPENAI_API_KEY"):
+        raise PrepError(f"OPENAI_API_KEY is not set and {host} needs one; export it, or pass --base-url for a "
+                        "server that needs none.")
 
 
 _JOURNAL_START = b'{"request_id"'  # every journal line's first key (base_entry)

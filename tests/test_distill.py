@@ -301,6 +301,18 @@ def test_bad_process_options_are_one_sentence(tmp_path, options, message):
     assert not (tmp_path / "j.jsonl").exists()
 
 
+@pytest.mark.parametrize("options, env, message", [
+    (["--base-url", "notaurl"], {}, "--base-url notaurl: expected an http(s) URL"),
+    ([], {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}, "OPENAI_API_KEY is not set and api.openai.com needs one"),
+])
+def test_an_endpoint_that_cannot_answer_is_refused_before_any_request(tmp_path, options, env, message):
+    """Both were retried for ~25 s and ended as connection errors (a new user's walkthrough)."""
+    command = [sys.executable, "-m", "prep.cli", "distill", "--out", str(tmp_path / "j.jsonl"), "--requests", "1", *options]
+    result = subprocess.run(command, env={**tool_env(), **env}, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "j.jsonl").exists()
+
+
 def test_a_journal_the_disk_refuses_stops_the_run_with_one_sentence(tmp_path, monkeypatch):
     """A full disk (write) or a failing fsync ends the run with a PrepError naming the journal; lines written stay."""
     import errno
