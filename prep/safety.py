@@ -167,6 +167,7 @@ _DENIALS = re.compile(
     r"|kill myself|self[- ]harm\w*|hurting myself|hurt myself|harming myself|harm myself|ending my life|end my life|die)"
     r"(?![^.!?]{0,16}(?<![a-z])(?:until|till|but (?:now|lately|recently|today|tonight|these days))(?![a-z]))"
 )
+_MAY_DENY = re.compile(rf"{_ONE_DENIED_RISK}|死|别人|他人|suicid|kill|harm|hurt|end my life|ending my life|die")
 _JOKE = re.compile(r"开玩笑|说着玩|哈哈|😂|🤣|(?<![a-z])(?:lol|jk)(?![a-z])", re.IGNORECASE)
 _SEPARATORS_IN_WORD = re.compile(r"(?<=[\u4e00-\u9fff])[$*#@._~·\-]+(?=[\u4e00-\u9fff])")
 _T2S = None
@@ -244,7 +245,10 @@ def _cleaned(text: str) -> str:
 
 def _judged(text: str) -> tuple[str, bool]:
     """``_cleaned`` and whether a denial was taken out."""
-    cleaned, denials = _DENIALS.subn(" ", _training_text(text))
+    text = _training_text(text)
+    if not _MAY_DENY.search(text):  # most messages name no risk a denial could deny: skip the long pattern (~1.15x)
+        return text, False
+    cleaned, denials = _DENIALS.subn(" ", text)
     return cleaned, denials > 0
 
 
