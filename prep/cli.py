@@ -220,7 +220,7 @@ def eval_command(
         typer.echo(f"warning: the judge could not score {failed['replies']} replies (first: {failed['first_error']}); "
                    f"the judge's means are over {(m.get('judge') or {}).get('judged', 0)} replies.", err=True)
     if m.get("trained_on_cases"):
-        typer.echo(f"warning: {m['trained_on_cases']} of the {summary['cases']} questions are in this model's training data (reviewed "
+        typer.echo(f"warning: {m['trained_on_cases']} of the {summary['cases']} questions {'is' if m['trained_on_cases'] == 1 else 'are'} in this model's training data (reviewed "
                    f"answers fed back?): ROUGE-L/BLEU-4 on them measure recall; over the others {shown(m['rouge_l_unseen'])} / "
                    f"{shown(m['bleu4_unseen'])}.", err=True)
     typer.echo(f"{summary['label']}: {summary['cases']} cases x {samples}; refusal F1 {shown(m['refusal']['f1'])}, crisis referral "

@@ -135,7 +135,7 @@ def _refuse_mixed_utf8(path: Path, data: bytes) -> None:
     non_ascii_utf8 = sum(ok and not line.isascii() for ok, line in zip(utf8, lines))
     foreign = [number for number, ok in enumerate(utf8, start=1) if not ok]
     if non_ascii_utf8 > len(foreign):
-        raise PrepError(f"{path}: line {foreign[0]} is not UTF-8 although most lines are ({len(foreign)} lines are not); "
+        raise PrepError(f"{path}: line {foreign[0]} is not UTF-8 although most lines are ({len(foreign)} {'line is' if len(foreign) == 1 else 'lines are'} not); "
                         "expected one encoding for the whole file (save it again as UTF-8).")
 
 
