@@ -10,9 +10,23 @@ export HF_HUB_OFFLINE=1 DISABLE_VERSION_CHECK=1 CUDA_VISIBLE_DEVICES=""
 LOOP=runs/loop
 EVAL=(--limit 3 --samples 2 --max-new-tokens 48 --temperature 0.7)
 rm -rf "$LOOP" runs/loop1 runs/loop2
+mkdir -p "$LOOP"
+
+# A training run's own output (LLaMA-Factory's log lines and progress bars, ~600 lines) goes to a log file;
+# its last lines are shown if it fails.
+train() {
+  local log="$LOOP/$1.log"
+  shift
+  bash run_sft.sh demo "$@" >"$log" 2>&1 || {
+    local status=$?
+    echo "error: training failed (exit $status); the last lines of $log:" >&2
+    tail -n 20 "$log" >&2
+    exit "$status"
+  }
+}
 
 echo "==> iteration 1: build, train, merge"
-bash run_sft.sh demo --output runs/loop1 >/dev/null
+train train_iter1 --output runs/loop1
 echo "==> iteration 1: evaluate"
 prep eval --model runs/loop1/merged --out "$LOOP/eval/iter1" --label iter1 "${EVAL[@]}"
 
@@ -32,7 +46,7 @@ prep review "$LOOP/eval/iter1/candidates.jsonl" --reviewer loop-demo --accept "$
 
 echo "==> iteration 2: build with the feedback (written first: the demo trains on the first 24 rows), train, merge"
 prep build data/seed "$LOOP/feedback" --name psy_loop --test-size 0
-bash run_sft.sh demo --dataset psy_loop_alpaca --output runs/loop2 >/dev/null
+train train_iter2 --dataset psy_loop_alpaca --output runs/loop2
 echo "==> iteration 2: evaluate (compared with iteration 1; the reviewed questions are now training questions: trained_on)"
 prep eval --model runs/loop2/merged --out "$LOOP/eval/iter2" --label iter2 --compare "$LOOP/eval/iter1" "${EVAL[@]}"
 echo

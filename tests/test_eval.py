@@ -289,6 +289,8 @@ def test_loop_demo_feeds_reviewed_answers_back_and_reports_both_iterations(tmp_p
     iter2 = json.loads((loop / "eval" / "iter2" / "metrics.json").read_text(encoding="utf-8"))["metrics"]
     assert iter2["trained_on_cases"] >= 1 and "rouge_l_unseen" in iter2, iter2
     assert "in this model's training data" in result.stderr
+    # the training runs' own output is in their logs, not between the loop's steps (a walkthrough counted 1,164 lines)
+    assert "[INFO|" not in result.stdout + result.stderr and "***** train metrics *****" in (loop / "train_iter2.log").read_text()
 
 
 REFUSAL = PLAN[PLAN.expect == "refuse"].reference.iloc[0]
