@@ -34,7 +34,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from prep import crisis_model, safety  # noqa: E402
-from prep.safety import _cleaned, _training_text, crisis_in_latest, crisis_score, detect_crisis  # noqa: E402
+from prep.safety import _judged, _training_text, crisis_in_latest, crisis_score, detect_crisis  # noqa: E402
 
 TEST_SETS = tuple(f"crisis_holdout{n}" for n in range(2, 13)) + ("crisis_long_holdout", "crisis_short_holdout2", "crisis_denial_holdout")
 # Multi-turn dialogues (JSONL: user_turns, label = the reply to the last turn needs the referral), as chat.py judges them
@@ -101,7 +101,8 @@ def cross_validate() -> None:
     classifier scores, the lexicon and its floor, the discounts) at each threshold and lexicon floor, and for the
     shipped setting at each discount ceiling."""
     texts, labels, sources = crisis_model.training_examples()
-    cleaned, labels, sources = [_cleaned(text) for text in texts], np.array(labels), np.array(sources)
+    cleaned, denied = zip(*map(_judged, texts))
+    labels, sources = np.array(labels), np.array(sources)
     shipped = (crisis_model.NGRAM_RANGE, crisis_model.REGULARISATION_C)
     for ngram_range in ((1, 3), (1, 4)):
         for regularisation in (10.0, 30.0, 60.0):
@@ -109,11 +110,11 @@ def cross_validate() -> None:
                 scores = out_of_fold_scores(texts, cleaned, labels, sources)
             print(f"ngram_range={ngram_range} C={regularisation}", flush=True)
             for threshold in (0.45, 0.5, 0.55, 0.6):
-                cells = [f"floor {floor}: {detector_rates(cleaned, scores, labels, LEARNED_THRESHOLD=threshold, LEXICON_FLOOR=floor)}"
+                cells = [f"floor {floor}: {detector_rates(cleaned, denied, scores, labels, LEARNED_THRESHOLD=threshold, LEXICON_FLOOR=floor)}"
                          for floor in (0.0, 0.2, 0.3)]
                 print(f"  threshold {threshold}: " + " | ".join(cells))
             if (ngram_range, regularisation) == shipped:
-                cells = [f"ceiling {ceiling}: {detector_rates(cleaned, scores, labels, DISCOUNT_CEILING=ceiling)}"
+                cells = [f"ceiling {ceiling}: {detector_rates(cleaned, denied, scores, labels, DISCOUNT_CEILING=ceiling)}"
                          for ceiling in (1.01, 0.9, 0.8, 0.7)]  # 1.01: the discounts always apply
                 print("  shipped threshold and floor, discount ceiling: " + " | ".join(cells))
 
@@ -128,10 +129,11 @@ def out_of_fold_scores(texts: list[str], cleaned: list[str], labels: np.ndarray,
     return scores
 
 
-def detector_rates(cleaned: list[str], scores: np.ndarray, labels: np.ndarray, **settings) -> str:
+def detector_rates(cleaned: list[str], denied: list[bool], scores: np.ndarray, labels: np.ndarray, **settings) -> str:
     """The whole detector's recall / FPR with some of ``prep.safety``'s settings replaced."""
     with patched(safety, **settings):
-        predicted = np.array([safety._decide(c, score, safety.LEXICON_FLOOR).crisis for c, score in zip(cleaned, scores)])
+        predicted = np.array([safety._decide(c, score, safety.LEXICON_FLOOR, had_denial).crisis
+                              for c, score, had_denial in zip(cleaned, scores, denied)])
     return f"{predicted[labels == 1].mean():.3f} / {predicted[labels == 0].mean():.3f}"
 
 
